@@ -1,0 +1,5 @@
+"""Entry point for `python -m poller`."""
+
+from poller.cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""Value types shared by the stages: the normalised task, stored snapshots, windows, records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# Waiqin365 speaks Beijing time (UTC+8, no DST since 1991) whatever the pod's zone; a fixed
+# offset is exact for every time the API can return and needs no tz database in the image.
+BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+
+
+def beijing_now() -> datetime:
+    """The current time in Beijing."""
+    return datetime.now(BEIJING)
+
+
+# --- the normalised task: what events carry and consumers read --------------------------------
+
+
+class _Model(BaseModel):
+    # Unknown upstream fields are kept (extra="allow") so a new API field reaches consumers.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+class Person(_Model):
+    """A user reference (creator or receiver)."""
+
+    id: str
+    name: str | None = None
+
+
+class Receiver(Person):
+    """An assignee (指派) of the task."""
+
+
+class Creator(Person):
+    """Whoever created the task."""
+
+
+class Feedback(_Model):
+    """One feedback entry; identified by (feedback_time, feedback_visit_id, feedback_content)."""
+
+    feedback_time: datetime | None = None
+    feedback_visit_id: str | None = None
+    feedback_content: str | None = None
+
+
+class Task(_Model):
+    """A customer task after normalisation: types unified, absent fields None, sets sorted."""
+
+    task_id: str
+    task_type_id: str | None = None
+    task_content: str | None = None
+    customer_id: str | None = None
+    execute_demand: int | None = None  # 0 off-site, 1 on-site required, 2 no requirement
+    task_source_id: str | None = None
+    task_source_name: str | None = None
+    visit_implement_id: str | None = None
+    achievement: str | None = None
+    creator: Creator | None = None
+    receivers: tuple[Receiver, ...] = ()
+    feedback_deadline: datetime | None = None
+    create_time: datetime | None = None
+    modify_time: datetime | None = None
+    latest_feedback_time: datetime | None = None
+    latest_feedback_content: str | None = None
+    task_status: int = 0  # 0 awaiting feedback, 1 feedback given, 2 accepted, 3 feedback rejected
+    status: int = 1  # 0 deleted, 1 normal
+    feedback_detail: tuple[Feedback, ...] = ()
+
+
+class TaskType(_Model):
+    """A task type definition from queryTaskType."""
+
+    type_id: str
+    type_name: str | None = None
+
+
+# --- what the stages hand each other ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedTask:
+    """One observed task in canonical form: `document` is the hashed canonical JSON."""
+
+    task_id: str
+    document: bytes  # canonical JSON (sorted keys, no absent fields, sets sorted), UTF-8
+    hash: str  # content hash of document, normalisation version included
+    type_id: str | None
+    modify_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the store keeps per task. `version` is ce_sequence: it grows by one per observation
+    that produced events, and is 0 for a task recorded silently (baseline)."""
+
+    task_id: str
+    hash: str
+    document: bytes
+    version: int
+    modify_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSnapshot:
+    """What the store keeps per task type."""
+
+    type_id: str
+    hash: str
+    document: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterMark:
+    """A dead-lettered record's content fingerprint, so the same bad record is sent once."""
+
+    fingerprint: str
+    task_id: str | None
+
+
+class PollState(BaseModel):
+    """The poller's progress, saved in the store after each fully successful window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # First day of the open modify-date window; None until the first run (baseline) completed.
+    window_from: date | None = None
+    # When the last fully successful cycle started (Beijing time).
+    last_success_started_at: datetime | None = None
+    # The start mode the first run used, and whether its full-history scan finished.
+    start_mode: Literal["baseline", "replay"] | None = None
+    baseline_complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The day-granular date filter of one queryTask scan; None means no bound."""
+
+    modify_from: date | None = None
+    modify_to: date | None = None
+    create_from: date | None = None
+    create_to: date | None = None
+
+    def body(self, page: int, rows: int) -> dict[str, str]:
+        """The queryTask request body: every value a string, dates as yyyy-MM-dd."""
+        body = {"page": str(page), "rows": str(rows)}
+        for key, value in (
+            ("modify_date_from", self.modify_from),
+            ("modify_date_to", self.modify_to),
+            ("create_date_from", self.create_from),
+            ("create_date_to", self.create_to),
+        ):
+            if value is not None:
+                body[key] = value.isoformat()
+        return body
+
+    def describe(self) -> dict[str, str | None]:
+        """The modify bounds as logged and as written into dead letters."""
+        return {
+            "modify_date_from": self.modify_from.isoformat() if self.modify_from else None,
+            "modify_date_to": self.modify_to.isoformat() if self.modify_to else None,
+        }
+
+
+TopicKind = Literal["tasks", "task-types", "dead-letter"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRecord:
+    """One Kafka message ready to send; the publisher maps `topic` to the prefixed name."""
+
+    topic: TopicKind
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = field(default=())

@@ -1,0 +1,1 @@
+"""Snapshot stores: SQLite (embedded default), PostgreSQL (shared/HA) and memory (tests)."""
