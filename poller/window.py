@@ -1,0 +1,73 @@
+"""Pure window arithmetic: which modify dates a cycle scans and when a day may close."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from poller.models import BEIJING, PollState, Window
+
+
+def beijing_date(moment: datetime) -> date:
+    """The Beijing calendar date of an aware moment (the API filters by Beijing dates)."""
+    return moment.astimezone(BEIJING).date()
+
+
+def first_run(start_date: date | None, now: datetime) -> Window:
+    """The full-history scan of the first run: everything, or modified since `start_date`."""
+    if start_date is None:
+        return Window()
+    return Window(modify_from=start_date, modify_to=max(start_date, beijing_date(now)))
+
+
+def cycle(state: PollState, now: datetime) -> Window:
+    """The modify-date window of a steady-state cycle: [open start, today].
+
+    It is always one query that ends today: within [from, today] a task never leaves the result
+    set (its modify date only moves forward, to today), which is what lets a scan without
+    repeated task_ids prove it read every task. Splitting it into per-day queries would lose that.
+    """
+    assert state.window_from is not None, "cycle() needs a completed first run"
+    today = beijing_date(now)
+    # A clock that went backwards must not produce an empty window (from > to).
+    return Window(modify_from=min(state.window_from, today), modify_to=today)
+
+
+def advance(
+    state: PollState, *, started_at: datetime, lookback: timedelta, drift_free: bool
+) -> PollState:
+    """The state after a fully published and committed scan that started at `started_at`.
+
+    The next window starts on the Beijing date of (start - lookback), but only a drift-free scan
+    may move the start past a day: while scans keep seeing repeats the day stays open.
+    The start never moves backwards.
+    """
+    candidate = beijing_date(started_at - lookback)
+    window_from = state.window_from
+    if window_from is None:
+        window_from = candidate
+    elif drift_free:
+        window_from = max(window_from, candidate)
+    return state.model_copy(
+        update={"window_from": window_from, "last_success_started_at": started_at}
+    )
+
+
+def days(window: Window) -> int:
+    """How many days a bounded window spans (0 for an unbounded one)."""
+    if window.modify_from is None or window.modify_to is None:
+        return 0
+    return (window.modify_to - window.modify_from).days + 1
+
+
+def split(window: Window, span_days: int) -> list[Window]:
+    """Consecutive sub-windows of at most `span_days` days, oldest first (for backfills)."""
+    if window.modify_from is None or window.modify_to is None:
+        return [window]
+    parts = []
+    start = window.modify_from
+    while start <= window.modify_to:
+        end = min(start + timedelta(days=span_days - 1), window.modify_to)
+        parts.append(Window(modify_from=start, modify_to=end,
+                            create_from=window.create_from, create_to=window.create_to))
+        start = end + timedelta(days=1)
+    return parts

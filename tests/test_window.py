@@ -1,0 +1,97 @@
+"""Tests for the pure window arithmetic."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from poller import window
+from poller.models import BEIJING, PollState, Window
+
+LOOKBACK = timedelta(minutes=30)
+
+
+def bj(*args: int) -> datetime:
+    return datetime(*args, tzinfo=BEIJING)
+
+
+class TestBeijingDate:
+    def test_utc_evening_is_next_beijing_day(self) -> None:
+        """16:30 UTC is already the next day in Beijing."""
+        assert window.beijing_date(datetime(2026, 3, 1, 16, 30, tzinfo=timezone.utc)) == date(2026, 3, 2)
+
+
+class TestFirstRun:
+    def test_whole_history_has_no_filter(self) -> None:
+        """Without a start date the first run asks for everything."""
+        assert window.first_run(None, bj(2026, 3, 1, 9)) == Window()
+
+    def test_start_date_bounds_modify_dates(self) -> None:
+        """With a start date the first run scans [start date, today]."""
+        assert window.first_run(date(2026, 1, 1), bj(2026, 3, 1, 9)) == Window(
+            modify_from=date(2026, 1, 1), modify_to=date(2026, 3, 1))
+
+
+class TestCycle:
+    def test_steady_state_is_today_only(self) -> None:
+        """In steady state the window is today only."""
+        state = PollState(window_from=date(2026, 3, 1))
+        assert window.cycle(state, bj(2026, 3, 1, 12)) == Window(
+            modify_from=date(2026, 3, 1), modify_to=date(2026, 3, 1))
+
+    def test_backwards_clock_never_inverts_the_window(self) -> None:
+        """A start after today is clamped so the window is never empty."""
+        state = PollState(window_from=date(2026, 3, 5))
+        win = window.cycle(state, bj(2026, 3, 1, 12))
+        assert win.modify_from == win.modify_to == date(2026, 3, 1)
+
+
+class TestAdvance:
+    def test_just_after_midnight_keeps_yesterday(self) -> None:
+        """A cycle started 00:10 with a 30 minute lookback keeps yesterday in the window."""
+        state = PollState(window_from=date(2026, 3, 1))
+        after = window.advance(state, started_at=bj(2026, 3, 2, 0, 10), lookback=LOOKBACK, drift_free=True)
+        assert after.window_from == date(2026, 3, 1)
+        assert after.last_success_started_at == bj(2026, 3, 2, 0, 10)
+
+    def test_drift_free_scan_closes_the_day(self) -> None:
+        """Once start - lookback is today, a drift-free scan moves the start to today."""
+        state = PollState(window_from=date(2026, 3, 1))
+        after = window.advance(state, started_at=bj(2026, 3, 2, 0, 45), lookback=LOOKBACK, drift_free=True)
+        assert after.window_from == date(2026, 3, 2)
+
+    def test_scan_with_repeats_holds_the_day(self) -> None:
+        """A scan that saw repeated task_ids never closes a day."""
+        state = PollState(window_from=date(2026, 3, 1))
+        after = window.advance(state, started_at=bj(2026, 3, 3, 12), lookback=LOOKBACK, drift_free=False)
+        assert after.window_from == date(2026, 3, 1)
+
+    def test_first_completion_sets_the_start(self) -> None:
+        """The first run's completion opens the window at (start - lookback)."""
+        after = window.advance(PollState(), started_at=bj(2026, 3, 2, 0, 10), lookback=LOOKBACK,
+                               drift_free=False)
+        assert after.window_from == date(2026, 3, 1)
+
+    @given(st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1)),
+           st.dates(min_value=date(2020, 1, 1), max_value=date(2030, 1, 1)), st.booleans())
+    def test_start_never_moves_backwards(self, started: datetime, start: date, drift_free: bool) -> None:
+        """Whatever the clock says, the window start never moves backwards."""
+        state = PollState(window_from=start)
+        after = window.advance(state, started_at=started.replace(tzinfo=BEIJING), lookback=LOOKBACK,
+                               drift_free=drift_free)
+        assert after.window_from is not None and after.window_from >= start
+
+
+class TestSplit:
+    @pytest.mark.parametrize(("span", "count"), [(1, 10), (3, 4), (10, 1), (30, 1)])
+    def test_split_covers_every_day_once(self, span: int, count: int) -> None:
+        """Sub-windows are consecutive, disjoint and cover the window exactly."""
+        win = Window(modify_from=date(2026, 1, 1), modify_to=date(2026, 1, 10))
+        parts = window.split(win, span)
+        assert len(parts) == count
+        covered = [p.modify_from + timedelta(days=i) for p in parts  # type: ignore[operator]
+                   for i in range(window.days(p))]
+        assert covered == [date(2026, 1, 1) + timedelta(days=i) for i in range(10)]
