@@ -74,10 +74,12 @@ class SourceResponseError(SourceError):
 class NormaliseError(PollerError):
     """A record cannot be read into a task; it belongs on the dead-letter topic."""
 
-    def __init__(self, reason: str, *, task_id: str | None = None) -> None:
+    def __init__(self, reason: str, *, task_id: str | None = None, kind: str = "malformed") -> None:
         super().__init__(reason)
         self.reason = reason
         self.task_id = task_id
+        # A short, bounded label for the dead-letter metric (`reason` is free text).
+        self.kind = kind
 
 
 class PublishError(PollerError):

@@ -135,6 +135,8 @@ class PollState(BaseModel):
     # The start mode the first run used, and whether its full-history scan finished.
     start_mode: Literal["baseline", "replay"] | None = None
     baseline_complete: bool = False
+    # Full-history passes made so far; a pass that saw repeats is run again (see loop.py).
+    first_run_passes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
