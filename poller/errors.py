@@ -46,11 +46,13 @@ class SourceError(PollerError):
     """The Waiqin365 API could not give us what we asked for."""
 
     def __init__(self, message: str, *, endpoint: str | None = None,
-                 status: int | None = None, code: str | None = None) -> None:
+                 status: int | None = None, code: str | None = None,
+                 return_msg: str | None = None) -> None:
         super().__init__(message)
         self.endpoint = endpoint
         self.status = status
         self.code = code
+        self.return_msg = return_msg  # the vendor's return_msg with a non-zero return_code
 
 
 class SourceUnavailable(SourceError):
