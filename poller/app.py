@@ -1,0 +1,127 @@
+"""The daemon: builds the components, starts and stops them in order, owns the signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import structlog
+
+from poller.config import Settings
+from poller.errors import PollerError
+from poller.fetch import WaiqinClient
+from poller.http import HealthServer, HealthState
+from poller.loop import Poller
+from poller.publish import KafkaPublisher
+from poller.store import open_store
+
+log = structlog.get_logger(__name__)
+
+# SIGTERM is what Kubernetes sends; SIGINT is Ctrl-C. A second one forces the exit.
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Liveness fails when the loop has not beaten for this many poll intervals (plus a floor).
+STUCK_AFTER_INTERVALS = 10
+STUCK_FLOOR_S = 120.0
+
+
+def event_source(settings: Settings) -> str:
+    """The CloudEvents `source`: which enterprise (openid) on which Waiqin365 cloud."""
+    return f"{settings.waiqin.base_url}/api/cusTask/{settings.waiqin.openid}"
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None,
+              handle_signals: bool = True) -> None:
+    """Run the daemon until `stop` is set or SIGTERM/SIGINT arrives.
+
+    Start order: health server (so probes answer while the rest waits out an outage), store,
+    publisher, API client, poller; teardown runs in reverse. A store or broker that is down at
+    start is retried with backoff, never a reason to exit.
+    """
+    stop = stop or asyncio.Event()
+    poll = settings.poll
+    health = HealthState(
+        stuck_after_s=max(STUCK_FLOOR_S, STUCK_AFTER_INTERVALS * poll.poll_interval_s),
+        ready_window_s=poll.ready_after_failed_intervals * poll.poll_interval_s + 60.0,
+    )
+    store = open_store(settings.store)
+    publisher = KafkaPublisher(settings.kafka, settings.topics)
+    client = WaiqinClient(settings.waiqin)
+    poller = Poller(poll, client=client, store=store, publisher=publisher, health=health,
+                    source=event_source(settings))
+    if settings.waiqin.is_cleartext_remote:
+        log.warning("insecure_base_url", base_url=settings.waiqin.base_url)
+    async with AsyncExitStack() as stack:
+        server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping])
+        await server.start()
+        stack.push_async_callback(server.stop)
+        log.info("http_started", port=server.port)
+        poller_task: asyncio.Task[None] | None = None
+
+        def request_stop() -> None:
+            if stop.is_set() and poller_task is not None:
+                log.warning("forced_exit")
+                poller_task.cancel()
+            stop.set()
+            poller.stop()
+
+        if handle_signals:
+            stack.enter_context(_signals_handled(request_stop))
+        for name, component in (("store", store), ("publisher", publisher)):
+            if not await _start_with_retry(name, component.start, stop, health, poll.max_backoff_s):
+                return
+            stack.push_async_callback(component.stop)
+        await client.start()
+        stack.push_async_callback(client.stop)
+        poller_task = asyncio.create_task(poller.run(), name="poller")
+        stack.push_async_callback(_finish, poller, poller_task, poll.shutdown_grace_s)
+        health.set_loop(poller_task)
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({poller_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+        log.info("stopping")
+
+
+async def _finish(poller: Poller, task: asyncio.Task[None], grace_s: float) -> None:
+    """Let the in-flight cycle finish within the grace period, then cancel it."""
+    poller.stop()
+    done, _ = await asyncio.wait({task}, timeout=grace_s)
+    if not done:
+        log.warning("shutdown_grace_exceeded", grace_s=grace_s)
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    log.info("stopped")
+
+
+async def _start_with_retry(name: str, start: Callable[[], Awaitable[None]], stop: asyncio.Event,
+                            health: HealthState, max_backoff_s: float) -> bool:
+    """Start a component, waiting out an outage with backoff; False if stopped meanwhile."""
+    delay = 1.0
+    while not stop.is_set():
+        health.beat()
+        try:
+            await start()
+            return True
+        except PollerError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("component_unavailable", component=name, error=str(exc), retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(max_backoff_s, delay * 2)
+    return False
+
+
+@contextlib.contextmanager
+def _signals_handled(handler: Callable[[], None]):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    for sig in HANDLED_SIGNALS:
+        loop.add_signal_handler(sig, handler)
+    try:
+        yield
+    finally:
+        for sig in HANDLED_SIGNALS:
+            loop.remove_signal_handler(sig)

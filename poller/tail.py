@@ -1,0 +1,101 @@
+"""`waiqin-poller tail`: follow the task topic and print events, human readable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+
+from poller import events
+from poller.config import KafkaSettings, Settings
+from poller.publish import client_options
+
+COLOURS = {
+    "TaskCreated": "bold green", "TaskDeleted": "red", "TaskRestored": "green",
+    "TaskAccepted": "bold cyan", "TaskRejected": "magenta", "FeedbackAdded": "yellow",
+    "DeadLetter": "bold red", "TaskTypeChanged": "blue",
+}
+
+
+async def run(settings: Settings, *, types: set[str], task_ids: set[str], from_beginning: bool,
+              dead_letters: bool, stop: asyncio.Event | None = None,
+              printer: Callable[[str], None] | None = None) -> None:
+    """Print matching events until cancelled (or `stop` is set)."""
+    console = Console(highlight=False)
+    emit = printer or console.print
+    topic = settings.topics.dead_letter if dead_letters else settings.topics.tasks
+    consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
+    await consumer.start()
+    try:
+        await _assign(consumer, topic, from_beginning)
+        while stop is None or not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    line = describe(record, types=types, task_ids=task_ids)
+                    if line is not None:
+                        emit(line)
+    finally:
+        await consumer.stop()
+
+
+def consumer_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """A group-less consumer: tail must not move any consumer group's offsets."""
+    return {**client_options(kafka), "enable_auto_commit": False, "group_id": None}
+
+
+async def _assign(consumer: AIOKafkaConsumer, topic: str, from_beginning: bool) -> None:
+    partitions: set[int] | None = None
+    # The topic may not exist yet (the poller creates it at start): wait for it.
+    while not partitions:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.5)  # metadata refresh has no event to await
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    if from_beginning:
+        await consumer.seek_to_beginning(*assigned)
+    else:
+        await consumer.seek_to_end(*assigned)
+
+
+def describe(record: Any, *, types: set[str] = frozenset(),  # type: ignore[assignment]
+             task_ids: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    """One rich-markup line for a record, or None when filtered out."""
+    headers = {k: v.decode() for k, v in record.headers}
+    kind = headers.get("ce_type", "?")
+    subject = headers.get("ce_subject", "")
+    if (types and kind not in types) or (task_ids and subject not in task_ids):
+        return None
+    if kind == "DeadLetter":
+        body = orjson.loads(record.value)
+        return f"[{COLOURS['DeadLetter']}]DeadLetter[/] key={subject or '-'} reason={body.get('reason')}"
+    event = events.decode(record)
+    colour = COLOURS.get(kind, "white")
+    when = headers.get("ce_time", "")
+    return f"{when}  [{colour}]{kind:<22}[/] {subject:<22} seq={headers.get('ce_sequence', '-'):<4} {_detail(event)}"
+
+
+def _detail(event: Any) -> str:
+    name = getattr(event, "task_type_name", None)
+    parts = [f"type={name}"] if name else []
+    for attr, label in (("from_status", "from"), ("to_status", "to")):
+        if hasattr(event, attr):
+            parts.append(f"{label}={getattr(event, attr)}")
+    if hasattr(event, "changes"):
+        parts.append("changed=" + ",".join(sorted(event.changes)))
+    if hasattr(event, "added"):
+        parts.append(f"+{[r.name or r.id for r in event.added]} -{[r.name or r.id for r in event.removed]}")
+    if hasattr(event, "feedback"):
+        parts.append(f"“{(event.feedback.feedback_content or '')[:40]}”")
+    if hasattr(event, "after") and hasattr(event, "before"):
+        parts.append(f"{event.before} → {event.after}")
+    task = getattr(event, "task", None)
+    if getattr(event, "type", "") == "TaskCreated" and task is not None:
+        parts.append(f"“{(task.task_content or '')[:40]}”")
+    return " ".join(parts)

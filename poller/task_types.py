@@ -1,0 +1,128 @@
+"""TaskTypeCatalog: task type names for enrichment, and TaskTypeChanged on refresh."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from poller import diff, events, metrics, normalise
+from poller.errors import AUTH_CAUSES, NormaliseError, SourceAuthError, SourceError
+from poller.models import OutboundRecord, TypeSnapshot
+from poller.store.base import SnapshotStore
+
+log = structlog.get_logger(__name__)
+
+
+class TypeSource(Protocol):
+    """The part of the API client the catalog needs."""
+
+    async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
+        """Raw task type records for these ids."""
+
+
+Publish = Callable[[Sequence[OutboundRecord]], Awaitable[None]]
+
+
+class TaskTypeCatalog:
+    """Knows every task type the tasks reference, so events can carry the type name.
+
+    Types are few, so all of them are kept in memory. Unknown ids are fetched once (their
+    first sight is recorded silently); all known types are re-read every `refresh_s` and a
+    changed definition becomes a TaskTypeChanged on the task-types topic. If the openid is not
+    granted queryTaskType, task events keep flowing without names (DESIGN.md §2).
+    """
+
+    def __init__(self, client: TypeSource, store: SnapshotStore, *, refresh_s: float,
+                 source: str, clock: Callable[[], datetime]) -> None:
+        self._client = client
+        self._store = store
+        self._refresh_s = refresh_s
+        self._source = source
+        self._clock = clock
+        self._known: dict[str, TypeSnapshot] = {}
+        self._names: dict[str, str | None] = {}
+        self._missing: set[str] = set()  # ids the API did not return; asked again on refresh
+        self._refused = False
+        self._next_refresh = 0.0
+
+    async def load(self) -> None:
+        """Read the stored types (once, at start)."""
+        for snapshot in (await self._store.get_types(None)).values():
+            self._remember(snapshot)
+        self._next_refresh = time.monotonic() + self._refresh_s
+
+    async def names_for(self, type_ids: Collection[str]) -> dict[str, str | None]:
+        """Names of these types, fetching the ones never seen; missing names are None."""
+        unknown = [t for t in type_ids if t not in self._known and t not in self._missing]
+        if unknown and not self._refused:
+            fetched = await self._fetch(unknown)
+            firsts = [snap for snap in fetched.values() if snap.type_id not in self._known]
+            if firsts:
+                # The first sight of a type is recorded silently (DESIGN.md §4).
+                await self._store.commit_types(firsts)
+                for snapshot in firsts:
+                    self._remember(snapshot)
+            self._missing.update(t for t in unknown if t not in fetched)
+        return {t: self._names.get(t) for t in type_ids}
+
+    async def refresh_if_due(self, publish: Publish) -> int:
+        """Re-read all known types when due; publish TaskTypeChanged; return events sent."""
+        if time.monotonic() < self._next_refresh:
+            return 0
+        self._next_refresh = time.monotonic() + self._refresh_s
+        self._refused = False  # a grant may have been added in the console meanwhile
+        self._missing.clear()
+        if not self._known:
+            return 0
+        fetched = await self._fetch(sorted(self._known))
+        observed_at = self._clock()
+        changes: list[TypeSnapshot] = []
+        records: list[OutboundRecord] = []
+        for type_id, current in fetched.items():
+            previous = self._known.get(type_id)
+            if previous is not None and previous.hash == current.hash:
+                continue
+            changes.append(current)
+            for event in diff.observe_type(previous, current, observed_at=observed_at):
+                records.append(events.encode(event, source=self._source))
+        if records:
+            await publish(records)  # publish, then commit: a crash re-emits, never loses
+        if changes:
+            await self._store.commit_types(changes)
+            for snapshot in changes:
+                self._remember(snapshot)
+        return len(records)
+
+    async def _fetch(self, type_ids: Sequence[str]) -> dict[str, TypeSnapshot]:
+        try:
+            raws = await self._client.query_task_types(list(type_ids))
+        except SourceAuthError as exc:
+            if not self._refused:
+                log.warning("task_types_refused", error=str(exc), causes=AUTH_CAUSES)
+            self._refused = True
+            metrics.TASK_TYPES_REFUSED.set(1)
+            return {}
+        except SourceError as exc:
+            # Enrichment never blocks task events: go on without names, ask again later.
+            log.warning("task_types_unavailable", error=str(exc))
+            return {}
+        metrics.TASK_TYPES_REFUSED.set(0)
+        fetched: dict[str, TypeSnapshot] = {}
+        for raw in raws:
+            try:
+                snapshot = normalise.task_type(raw)
+            except NormaliseError as exc:
+                log.warning("task_type_unreadable", reason=exc.reason)
+                continue
+            fetched[snapshot.type_id] = snapshot
+        return fetched
+
+    def _remember(self, snapshot: TypeSnapshot) -> None:
+        self._known[snapshot.type_id] = snapshot
+        name = orjson.loads(snapshot.document).get("type_name")
+        self._names[snapshot.type_id] = name if isinstance(name, str) else None
