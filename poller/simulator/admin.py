@@ -1,0 +1,138 @@
+"""The simulator's admin HTTP API (JSON under /admin/): mutate tasks, read the ledger, faults."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from poller.simulator.faults import KINDS
+
+if TYPE_CHECKING:
+    from poller.simulator.server import Simulator
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def routes(sim: Simulator) -> list[web.RouteDef]:
+    """Every admin route, bound to `sim`. Unauthenticated: bind the simulator to loopback."""
+    api = _Admin(sim)
+    table = [
+        web.get("/admin/", _guarded(api.summary)),
+        web.post("/admin/tasks", _guarded(api.create)),
+        web.get("/admin/tasks/{task_id}", _guarded(api.get_task)),
+        web.patch("/admin/tasks/{task_id}", _guarded(api.task_action("update"))),
+        web.put("/admin/types/{type_id}", _guarded(api.put_type)),
+        web.get("/admin/ledger", _guarded(api.ledger)),
+        web.get("/admin/faults", _guarded(api.list_faults)),
+        web.post("/admin/faults", _guarded(api.add_fault)),
+        web.delete("/admin/faults", _guarded(api.clear_faults)),
+        web.post("/admin/churn", _guarded(api.start_churn)),
+        web.delete("/admin/churn", _guarded(api.stop_churn)),
+        web.post("/admin/grants", _guarded(api.grants)),
+    ]
+    table += [web.post(f"/admin/tasks/{{task_id}}/{name}", _guarded(api.task_action(name)))
+              for name in ("feedback", "status", "reassign", "deadline", "delete", "restore")]
+    return table
+
+
+class _Admin:
+    """The admin handlers of one simulator."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.actions: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+            "feedback": lambda t, b: sim.add_feedback(t, b.get("content"), b.get("visit_id")),
+            "status": lambda t, b: sim.set_task_status(t, int(b.get("task_status", -1))),
+            "reassign": lambda t, b: sim.reassign(t, b.get("receivers")),
+            "deadline": lambda t, b: sim.set_deadline(t, b.get("feedback_deadline")),
+            "delete": lambda t, b: sim.delete(t),
+            "restore": lambda t, b: sim.restore(t),
+            "update": lambda t, b: sim.update_fields(t, **b),
+        }
+
+    def task_action(self, name: str) -> Handler:
+        action = self.actions[name]
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return _json(action(request.match_info["task_id"], await _body(request)))
+        return handle
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.sim.create_task(**await _body(request)), status=201)
+
+    async def get_task(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.sim.get_task(request.match_info["task_id"]))
+
+    async def summary(self, request: web.Request) -> web.StreamResponse:
+        sim = self.sim
+        return _json({"tasks": len(sim.store.tasks), "types": len(sim.store.types),
+                      "requests": dict(sim.requests), "ledger": len(sim.ledger),
+                      "churn_per_s": sim.churn.per_s, "grant_task_types": sim.grant_task_types})
+
+    async def put_type(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.sim.update_type(request.match_info["type_id"], **await _body(request)))
+
+    async def ledger(self, request: web.Request) -> web.StreamResponse:
+        since = int(request.query.get("since", "0"))
+        return _json([entry for entry in self.sim.ledger if entry["seq"] > since])
+
+    async def list_faults(self, request: web.Request) -> web.StreamResponse:
+        return _json({"armed": self.sim.faults.describe(), "kinds": KINDS})
+
+    async def add_fault(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        kind = str(body.pop("kind", ""))
+        count = int(body.pop("count", 1))
+        endpoint = body.pop("endpoint", None)
+        return _json(self.sim.inject(kind, count, endpoint, **body).describe(), status=201)
+
+    async def clear_faults(self, request: web.Request) -> web.StreamResponse:
+        self.sim.faults.clear()
+        return _json({"armed": []})
+
+    async def start_churn(self, request: web.Request) -> web.StreamResponse:
+        await self.sim.churn.start(float((await _body(request)).get("per_s", 1)))
+        return _json({"churn_per_s": self.sim.churn.per_s})
+
+    async def stop_churn(self, request: web.Request) -> web.StreamResponse:
+        await self.sim.churn.stop()
+        return _json({"churn_per_s": 0})
+
+    async def grants(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        if "queryTaskType" in body:
+            self.sim.grant_task_types = bool(body["queryTaskType"])
+        return _json({"queryTask": True, "queryTaskType": self.sim.grant_task_types})
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Map caller mistakes to 404/400 JSON answers instead of 500s."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except KeyError as exc:
+            return _json({"error": f"not found: {exc.args[0] if exc.args else exc}"}, status=404)
+        except (ValueError, TypeError) as exc:
+            return _json({"error": str(exc)}, status=400)
+    return handle
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON object body, got {raw[:40]!r}") from exc
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object body, got {type(body).__name__}")
+    return body
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
