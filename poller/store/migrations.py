@@ -1,0 +1,116 @@
+"""Versioned schema migrations of the snapshot store, written once per SQL dialect.
+
+Each migration runs in one transaction together with the row that records it in
+`schema_version`, so a crash mid-migration leaves the previous version intact. A database
+whose recorded version is newer than the last one listed here was written by a newer release;
+this release refuses to touch it (StoreConflict) rather than guess at its layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from poller.errors import StoreConflict
+
+Dialect = Literal["sqlite", "postgresql"]
+"""The two SQL backends; each migration carries statements for both."""
+
+# Created before anything else so the current version can be read; never altered, so every
+# release (older or newer) can still read it and refuse politely.
+VERSION_TABLE = {
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    ),
+    "postgresql": (
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+        " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: applied in order, exactly once, in one transaction."""
+
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+    def statements(self, dialect: Dialect) -> tuple[str, ...]:
+        """The statements of this step in the given dialect."""
+        return self.sqlite if dialect == "sqlite" else self.postgresql
+
+
+_V1_SQLITE = (
+    # WITHOUT ROWID: the text primary key is the only lookup path, so the table is the index.
+    "CREATE TABLE tasks ("
+    " task_id TEXT PRIMARY KEY, hash TEXT NOT NULL, document BLOB NOT NULL,"
+    " version INTEGER NOT NULL, modify_time TEXT) WITHOUT ROWID",
+    "CREATE TABLE task_types ("
+    " type_id TEXT PRIMARY KEY, hash TEXT NOT NULL, document BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE dead_letters ("
+    " fingerprint TEXT PRIMARY KEY, task_id TEXT, created_at TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE poll_state (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)",
+    # count(*) walks the whole primary key; the store-size metric reads this counter instead,
+    # kept exact by triggers (an upsert that updates fires no INSERT trigger).
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT INTO counters (name, value) VALUES ('tasks', 0)",
+    "CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks BEGIN"
+    " UPDATE counters SET value = value + 1 WHERE name = 'tasks'; END",
+    "CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks BEGIN"
+    " UPDATE counters SET value = value - 1 WHERE name = 'tasks'; END",
+)
+
+_V1_POSTGRESQL = (
+    "CREATE TABLE tasks ("
+    " task_id TEXT PRIMARY KEY, hash TEXT NOT NULL, document BYTEA NOT NULL,"
+    " version BIGINT NOT NULL, modify_time TIMESTAMPTZ)",
+    "CREATE TABLE task_types ("
+    " type_id TEXT PRIMARY KEY, hash TEXT NOT NULL, document BYTEA NOT NULL)",
+    "CREATE TABLE dead_letters ("
+    " fingerprint TEXT PRIMARY KEY, task_id TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    "CREATE TABLE poll_state (id INTEGER PRIMARY KEY CHECK (id = 1), state JSONB NOT NULL)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "INSERT INTO counters (name, value) VALUES ('tasks', 0)",
+    # Statement-level triggers with transition tables: one counter update per page, not per
+    # row. For INSERT … ON CONFLICT DO UPDATE the inserted-rows table holds only real inserts.
+    "CREATE FUNCTION count_tasks() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " UPDATE counters SET value = value"
+    "  + (CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE -1 END) * (SELECT count(*) FROM changed_rows)"
+    "  WHERE name = 'tasks';"
+    " RETURN NULL; END $$",
+    "CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks"
+    " REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION count_tasks()",
+    "CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks"
+    " REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION count_tasks()",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "snapshots, task types, dead-letter marks, poll state", _V1_SQLITE, _V1_POSTGRESQL
+    ),
+)
+"""Every schema step this release knows, in order; append, never edit a released step."""
+
+LATEST_VERSION = MIGRATIONS[-1].version
+"""The schema version this release writes."""
+
+
+def pending(current: int, migrations: Sequence[Migration] = MIGRATIONS) -> list[Migration]:
+    """The steps still to apply to a database at `current`, oldest first.
+
+    Raises StoreConflict when the database is newer than this release knows.
+    """
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise StoreConflict(
+            f"the store's schema is version {current} but this release knows versions up to "
+            f"{latest}: it was written by a newer waiqin-poller; upgrade this one (downgrades "
+            "are not supported)"
+        )
+    return [step for step in migrations if step.version > current]

@@ -1,0 +1,405 @@
+"""The PostgreSQL snapshot store (asyncpg), for shared and highly available deployments."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+
+from poller.errors import PollerError, StoreConflict, StoreError, StoreUnavailable
+from poller.models import DeadLetterMark, PollState, Snapshot, TypeSnapshot
+from poller.store.migrations import VERSION_TABLE, pending
+from poller.store.rows import as_beijing, describe_url, last_wins
+
+log = structlog.get_logger(__name__)
+
+
+def _advisory_key(name: bytes) -> int:
+    # A fixed positive 63-bit key, so every release and replica agrees on it and pg_locks shows
+    # it as (classid = high 32 bits, objid = low 32 bits).
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") >> 1
+
+
+LEADER_KEY = _advisory_key(b"waiqin-poller")  # the HA lock, held for a leader's lifetime
+MIGRATION_KEY = _advisory_key(b"waiqin-poller/migrations")  # serialises replicas migrating at once
+# SQLSTATE classes worth retrying: connection (08), transaction rollback such as serialization
+# failure or deadlock (40), insufficient resources (53), operator intervention such as admin
+# shutdown (57), system error (58); plus lock_not_available.
+RETRIABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+RETRIABLE_SQLSTATES = frozenset({"55P03"})
+DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""Every exception the driver raises; none of them leaves this module untranslated."""
+# A leader whose host vanishes (no FIN, no RST) is noticed by the server after about
+# idle + interval * count seconds, which bounds how long the lock outlives it.
+LEADER_SERVER_SETTINGS = {
+    "application_name": "waiqin-poller-leader",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
+
+_UPSERT_TASKS = (
+    "INSERT INTO tasks (task_id, hash, document, version, modify_time)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])"
+    " ON CONFLICT (task_id) DO UPDATE SET hash = excluded.hash, document = excluded.document,"
+    " version = excluded.version, modify_time = excluded.modify_time"
+)
+_INSERT_MARKS = (  # the first sighting is the one that was sent; keep its timestamp
+    "INSERT INTO dead_letters (fingerprint, task_id)"
+    " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (fingerprint) DO NOTHING"
+)
+_UPSERT_TYPES = (
+    "INSERT INTO task_types (type_id, hash, document)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])"
+    " ON CONFLICT (type_id) DO UPDATE SET hash = excluded.hash, document = excluded.document"
+)
+_LOCK_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2)"
+)
+
+
+def map_error(exc: BaseException, where: str) -> StoreError:
+    """Translate an asyncpg/OS error: connection and transient failures may pass, others not."""
+    if isinstance(exc, OSError | TimeoutError):
+        return StoreUnavailable(f"PostgreSQL store {where} is unreachable: {exc!r}")
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state[:2] in RETRIABLE_SQLSTATE_CLASSES or state in RETRIABLE_SQLSTATES:
+            return StoreUnavailable(f"PostgreSQL store {where} is unavailable: {exc} ({state})")
+        return StoreConflict(f"PostgreSQL store {where} refused the operation: {exc} ({state})")
+    if isinstance(exc, asyncpg.InterfaceError) and "clos" in str(exc):  # closed / closing
+        return StoreUnavailable(f"PostgreSQL store {where} connection is gone: {exc}")
+    return StoreConflict(f"PostgreSQL store {where} failed: {exc!r}")
+
+
+def _snapshot(row: Any) -> Snapshot:
+    return Snapshot(
+        row["task_id"], row["hash"], bytes(row["document"]), int(row["version"]),
+        as_beijing(row["modify_time"]),
+    )
+
+
+class PostgresStore:
+    """SnapshotStore on PostgreSQL through a small asyncpg pool."""
+
+    def __init__(
+        self, dsn: str, *, min_connections: int = 1, max_connections: int = 4,
+        command_timeout_s: float = 30.0, connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self.where = describe_url(dsn)  # never the password
+        self._min = min_connections
+        self._max = max_connections
+        self._command_timeout_s = command_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._pool: Any = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the pool and apply pending migrations (one replica at a time).
+
+        Raises StoreUnavailable if the server cannot be reached, StoreConflict if the schema is
+        newer than this release or the role may not create the tables.
+        """
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min, max_size=self._max,
+                timeout=self._connect_timeout_s, command_timeout=self._command_timeout_s,
+                server_settings={"application_name": "waiqin-poller"},
+            )
+        except DRIVER_ERRORS as exc:
+            raise map_error(exc, self.where) from exc
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, DRIVER_ERRORS):
+                raise map_error(exc, self.where) from exc
+            raise
+        self._pool = pool
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            # Two replicas starting together: the second waits here, then finds nothing to do.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_KEY)
+            await conn.execute(VERSION_TABLE["postgresql"])
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            for step in pending(int(current)):
+                for statement in step.postgresql:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, description) VALUES ($1, $2)",
+                    step.version, step.description,
+                )
+                log.info("store_migrated", backend="postgresql", store=self.where,
+                         version=step.version)
+
+    async def stop(self) -> None:
+        """Close the pool; idempotent and safe after a failed start."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self._connect_timeout_s)
+        except (*DRIVER_ERRORS, TimeoutError) as exc:
+            log.warning("store_close_failed", backend="postgresql", error=repr(exc))
+            pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; driver errors raised inside are translated here."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable(f"PostgreSQL store {self.where} is not started")
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except PollerError:
+            raise
+        except DRIVER_ERRORS as exc:
+            raise map_error(exc, self.where) from exc
+
+    async def ping(self) -> None:
+        """A cheap round trip, for readiness."""
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
+        """The stored snapshots of these tasks, in one `= ANY($1)` query."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT task_id, hash, document, version, modify_time FROM tasks"
+                " WHERE task_id = ANY($1::text[])", ids,
+            )
+        return {row["task_id"]: _snapshot(row) for row in rows}
+
+    async def commit_page(
+        self, snapshots: Sequence[Snapshot], dead_letters: Sequence[DeadLetterMark] = ()
+    ) -> None:
+        """Upsert a page's snapshots and dead-letter marks in one transaction (all or nothing)."""
+        tasks = last_wins(snapshots, lambda s: s.task_id)
+        marks = last_wins(dead_letters, lambda m: m.fingerprint)
+        async with self._connection() as conn, conn.transaction():
+            if tasks:
+                await conn.execute(
+                    _UPSERT_TASKS, [s.task_id for s in tasks], [s.hash for s in tasks],
+                    [s.document for s in tasks], [s.version for s in tasks],
+                    [as_beijing(s.modify_time) for s in tasks],
+                )
+            if marks:
+                await conn.execute(
+                    _INSERT_MARKS, [m.fingerprint for m in marks], [m.task_id for m in marks]
+                )
+
+    async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
+        """Which of these dead-letter fingerprints were already sent."""
+        wanted = list(dict.fromkeys(fingerprints))
+        if not wanted:
+            return set()
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT fingerprint FROM dead_letters WHERE fingerprint = ANY($1::text[])", wanted
+            )
+        return {row["fingerprint"] for row in rows}
+
+    async def get_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
+        """Stored task types: these ids, or all of them when None."""
+        query = "SELECT type_id, hash, document FROM task_types"
+        async with self._connection() as conn:
+            if type_ids is None:
+                rows = await conn.fetch(query)
+            else:
+                wanted = list(dict.fromkeys(type_ids))
+                if not wanted:
+                    return {}
+                rows = await conn.fetch(f"{query} WHERE type_id = ANY($1::text[])", wanted)
+        return {
+            row["type_id"]: TypeSnapshot(row["type_id"], row["hash"], bytes(row["document"]))
+            for row in rows
+        }
+
+    async def commit_types(self, types: Sequence[TypeSnapshot]) -> None:
+        """Upsert task types in one transaction."""
+        rows = last_wins(types, lambda t: t.type_id)
+        if not rows:
+            return
+        async with self._connection() as conn:
+            await conn.execute(
+                _UPSERT_TYPES, [t.type_id for t in rows], [t.hash for t in rows],
+                [t.document for t in rows],
+            )
+
+    async def load_state(self) -> PollState:
+        """The saved poll state; PollState() on a new store."""
+        async with self._connection() as conn:
+            document = await conn.fetchval("SELECT state::text FROM poll_state WHERE id = 1")
+        if document is None:
+            return PollState()
+        try:
+            return PollState.model_validate_json(document)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise StoreConflict(
+                f"PostgreSQL store {self.where} holds an unreadable poll state"
+            ) from exc
+
+    async def save_state(self, state: PollState) -> None:
+        """Replace the poll state."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO poll_state (id, state) VALUES (1, $1::jsonb)"
+                " ON CONFLICT (id) DO UPDATE SET state = excluded.state", state.model_dump_json(),
+            )
+
+    async def count_tasks(self) -> int:
+        """How many tasks the store holds: a trigger-maintained counter, not a scan."""
+        async with self._connection() as conn:
+            return int(await conn.fetchval("SELECT value FROM counters WHERE name = 'tasks'"))
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database (LATEST_VERSION after start)."""
+        async with self._connection() as conn:
+            return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+    def leadership(self) -> AdvisoryLeadership:
+        """A session advisory lock on a dedicated connection: one active poller per database."""
+        return AdvisoryLeadership(self._dsn, connect_timeout_s=self._connect_timeout_s)
+
+
+class AdvisoryLeadership:
+    """Leadership as `pg_try_advisory_lock(LEADER_KEY)` held by one dedicated connection.
+
+    The lock lives exactly as long as that session: when the leader dies (kill -9 included)
+    the server ends the session and frees the lock, and a waiting replica takes it on its next
+    try (every `retry_interval_s`).
+    """
+
+    def __init__(
+        self, dsn: str, *, key: int = LEADER_KEY, retry_interval_s: float = 1.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self.where = describe_url(dsn)
+        self.key = key
+        self._retry_interval_s = retry_interval_s
+        self._connect_timeout_s = connect_timeout_s
+        self._conn: Any = None
+        self._held = False
+        self._guard = asyncio.Lock()  # one query at a time on the lock connection
+
+    def __repr__(self) -> str:
+        return f"AdvisoryLeadership({self.where!r}, held={self._held})"
+
+    @property
+    def is_held(self) -> bool:
+        """Whether this instance holds the lock (as far as it knows; ensure() checks)."""
+        return self._held
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait until the lock is ours (True) or `stop` is set (False).
+
+        An unreachable server is logged and retried like a held lock: waiting is the job.
+        """
+        waiting_logged = False
+        while not stop.is_set():
+            try:
+                if await self._try_lock():
+                    log.info("leadership_acquired", backend="postgresql", store=self.where)
+                    return True
+                if not waiting_logged:
+                    log.info("leadership_waiting", backend="postgresql", store=self.where)
+                    waiting_logged = True
+            except StoreError as exc:
+                log.warning("leadership_unavailable", backend="postgresql", error=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._retry_interval_s)
+            except TimeoutError:
+                pass
+        return False
+
+    async def _try_lock(self) -> bool:
+        async with self._guard:
+            if self._held:
+                return True
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(
+                        self._dsn, timeout=self._connect_timeout_s,
+                        server_settings=LEADER_SERVER_SETTINGS,
+                    )
+                got = await self._conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", self.key, timeout=self._connect_timeout_s
+                )
+            except DRIVER_ERRORS as exc:
+                await self._discard()
+                raise map_error(exc, self.where) from exc
+            self._held = bool(got)
+            return self._held
+
+    async def ensure(self) -> None:
+        """Raise StoreConflict unless the lock connection is alive and still holds the lock.
+
+        Any failure of the check counts as lost: the connection is dropped (freeing the lock if
+        the server still had it) so two pollers can never both believe they lead.
+        """
+        async with self._guard:
+            if not self._held or self._conn is None or self._conn.is_closed():
+                self._held = False
+                raise StoreConflict(f"not the leader of {self.where}: the lock is not held")
+            try:
+                held = await self._conn.fetchval(
+                    _LOCK_HELD, self.key >> 32, self.key & 0xFFFF_FFFF,
+                    timeout=self._connect_timeout_s,
+                )
+            except DRIVER_ERRORS as exc:
+                await self._discard()
+                raise StoreConflict(
+                    f"leadership of {self.where} lost: the lock connection failed ({exc!r})"
+                ) from exc
+            if not held:
+                await self._discard()
+                raise StoreConflict(f"leadership of {self.where} lost: the advisory lock is gone")
+
+    async def release(self) -> None:
+        """Unlock and close the lock connection; idempotent."""
+        async with self._guard:
+            was_held = self._held
+            if self._conn is not None and not self._conn.is_closed() and self._held:
+                try:
+                    await self._conn.execute(
+                        "SELECT pg_advisory_unlock($1)", self.key, timeout=self._connect_timeout_s
+                    )
+                except DRIVER_ERRORS as exc:  # closing the session below frees it anyway
+                    log.warning("leadership_unlock_failed", error=repr(exc))
+            await self._discard()
+            if was_held:
+                log.info("leadership_released", backend="postgresql", store=self.where)
+
+    async def _discard(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(conn.close(), timeout=self._connect_timeout_s)
+        except (*DRIVER_ERRORS, TimeoutError):
+            conn.terminate()

@@ -1,0 +1,357 @@
+"""The embedded SQLite snapshot store (the default), run on one dedicated worker thread.
+
+Durability: the database runs in WAL mode with `synchronous=NORMAL`. A committed page lives in
+the WAL file before `commit_page` returns, so killing the process (kill -9, OOM kill) at any
+point loses nothing that was committed; only an operating-system crash or power cut can roll
+back the last few transactions, which the poller heals by re-reading the open window and
+re-emitting with the same event ids (DESIGN.md §5). `synchronous=FULL` would close that gap
+at the cost of an fsync per page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+from pydantic import ValidationError
+
+from poller.errors import PollerError, StoreConflict, StoreError, StoreUnavailable
+from poller.models import BEIJING, DeadLetterMark, PollState, Snapshot, TypeSnapshot
+from poller.store.locks import FileLeadership
+from poller.store.migrations import LATEST_VERSION, VERSION_TABLE, pending
+from poller.store.rows import as_beijing, last_wins
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+URL_PREFIX = "sqlite:///"  # sqlite:///relative.db or sqlite:////abs/path.db
+# An API page has at most 1000 rows, so a page's lookup is one statement; old SQLite builds
+# cap bound variables at 999, hence the min() with the library's own limit.
+IN_LIST_MAX = 1000
+# Result codes worth retrying: another connection holds a lock, or the disk/memory failed.
+RETRIABLE_CODES = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
+})
+
+_TASK_COLUMNS = "task_id, hash, document, version, modify_time"
+_UPSERT_TASK = (
+    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE"
+    " SET hash = excluded.hash, document = excluded.document, version = excluded.version,"
+    " modify_time = excluded.modify_time"
+)
+_UPSERT_TYPE = (
+    "INSERT INTO task_types (type_id, hash, document) VALUES (?, ?, ?) ON CONFLICT (type_id)"
+    " DO UPDATE SET hash = excluded.hash, document = excluded.document"
+)
+# The first sighting of a bad record is the one that was sent; keep its timestamp.
+_INSERT_MARK = (
+    "INSERT INTO dead_letters (fingerprint, task_id, created_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (fingerprint) DO NOTHING"
+)
+
+
+def path_from_url(url: str) -> Path:
+    """The database file named by a `sqlite:///…` URL (three slashes: relative, four: absolute)."""
+    if not url.startswith(URL_PREFIX) or url == URL_PREFIX:
+        raise ValueError(f"expected sqlite:///relative.db or sqlite:////abs/path.db, got {url!r}")
+    return Path(url[len(URL_PREFIX):])
+
+
+def map_error(exc: sqlite3.Error, path: Path) -> StoreError:
+    """Translate a sqlite3 error: busy/locked/I-O failures may pass, anything else will not."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in RETRIABLE_CODES:
+        return StoreUnavailable(f"SQLite store {path} is unavailable: {exc}")
+    return StoreConflict(f"SQLite store {path} refused the operation: {exc}")
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    # IMMEDIATE takes the write lock at BEGIN, so a busy database fails before any work.
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open (creating the directory and file), configure and migrate; runs on the worker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: no implicit transactions; every write is an explicit BEGIN/COMMIT.
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            # e.g. a network filesystem without shared memory: still correct, just slower.
+            log.warning("sqlite_wal_unavailable", path=str(path), journal_mode=mode)
+        conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute(VERSION_TABLE["sqlite"])
+    with _transaction(conn):  # IMMEDIATE: a second process starting at once waits, then no-ops
+        current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        for step in pending(current):
+            for statement in step.sqlite:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                (step.version, step.description, datetime.now(BEIJING).isoformat()),
+            )
+            log.info("store_migrated", backend="sqlite", path=str(path), version=step.version)
+
+
+def _time_text(value: datetime | None) -> str | None:
+    # ISO 8601 with the +08:00 offset: readable in the sqlite3 shell, parsed back exactly.
+    when = as_beijing(value)
+    return None if when is None else when.isoformat()
+
+
+def _snapshot(row: tuple[str, str, bytes, int, str | None]) -> Snapshot:
+    task_id, hash_, document, version, modify_time = row
+    when = datetime.fromisoformat(modify_time) if modify_time is not None else None
+    return Snapshot(task_id, hash_, bytes(document), int(version), when)
+
+
+class SqliteStore:
+    """SnapshotStore on one SQLite file; every call runs on a single worker thread in order."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.lock_path = Path(f"{self.path}.lock")
+        self._busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """A store for a `sqlite:///…` URL."""
+        return cls(path_from_url(url))
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the file (creating it and its directory) and apply pending migrations.
+
+        Raises StoreUnavailable if the file cannot be opened, StoreConflict if its schema is
+        newer than this release.
+        """
+        if self._conn is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(
+                executor, _open, self.path, self._busy_timeout_s
+            )
+        except sqlite3.Error as exc:
+            executor.shutdown(wait=False)
+            raise map_error(exc, self.path) from exc
+        except OSError as exc:
+            executor.shutdown(wait=False)
+            raise StoreUnavailable(f"SQLite store {self.path} cannot be created: {exc}") from exc
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    async def stop(self) -> None:
+        """Close the file; idempotent and safe after a failed start."""
+        conn, executor = self._conn, self._executor
+        self._conn = self._executor = None
+        if executor is None:
+            return
+        try:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        except sqlite3.Error as exc:
+            log.warning("store_close_failed", backend="sqlite", error=str(exc))
+        finally:
+            executor.shutdown(wait=False)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the worker thread; a cancelled caller does not stop a transaction
+        midway: it still commits or rolls back as a whole on the worker."""
+        conn, executor = self._conn, self._executor
+        if conn is None or executor is None:
+            raise StoreUnavailable(f"SQLite store {self.path} is not started")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, work, conn)
+        except PollerError:
+            raise
+        except sqlite3.Error as exc:
+            raise map_error(exc, self.path) from exc
+
+    def _in_list_max(self, conn: sqlite3.Connection) -> int:
+        return min(IN_LIST_MAX, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+
+    async def ping(self) -> None:
+        """A cheap round trip, for readiness."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
+        """The stored snapshots of these tasks, read in one transaction (chunked IN-lists)."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+
+        def select(conn: sqlite3.Connection) -> dict[str, Snapshot]:
+            found: dict[str, Snapshot] = {}
+            with _transaction(conn, "DEFERRED"):  # one consistent read across the chunks
+                for part in _chunks(ids, self._in_list_max(conn)):
+                    rows = conn.execute(
+                        f"SELECT {_TASK_COLUMNS} FROM tasks"
+                        f" WHERE task_id IN ({_placeholders(len(part))})", part,
+                    )
+                    found.update((row[0], _snapshot(row)) for row in rows)
+            return found
+
+        return await self._run(select)
+
+    async def commit_page(
+        self, snapshots: Sequence[Snapshot], dead_letters: Sequence[DeadLetterMark] = ()
+    ) -> None:
+        """Upsert a page's snapshots and dead-letter marks in one transaction (all or nothing)."""
+        now = datetime.now(BEIJING).isoformat()
+        task_rows = [
+            (s.task_id, s.hash, s.document, s.version, _time_text(s.modify_time))
+            for s in last_wins(snapshots, lambda s: s.task_id)
+        ]
+        mark_rows = [(m.fingerprint, m.task_id, now) for m in dead_letters]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(_UPSERT_TASK, task_rows)
+                conn.executemany(_INSERT_MARK, mark_rows)
+
+        await self._run(write)
+
+    async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
+        """Which of these dead-letter fingerprints were already sent."""
+        wanted = list(dict.fromkeys(fingerprints))
+        if not wanted:
+            return set()
+
+        def select(conn: sqlite3.Connection) -> set[str]:
+            seen: set[str] = set()
+            for part in _chunks(wanted, self._in_list_max(conn)):
+                rows = conn.execute(
+                    "SELECT fingerprint FROM dead_letters"
+                    f" WHERE fingerprint IN ({_placeholders(len(part))})", part,
+                )
+                seen.update(row[0] for row in rows)
+            return seen
+
+        return await self._run(select)
+
+    async def get_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
+        """Stored task types: these ids, or all of them when None."""
+        wanted = None if type_ids is None else list(dict.fromkeys(type_ids))
+        if wanted == []:
+            return {}
+
+        def select(conn: sqlite3.Connection) -> dict[str, TypeSnapshot]:
+            query = "SELECT type_id, hash, document FROM task_types"
+            if wanted is None:
+                rows = conn.execute(query).fetchall()
+            else:
+                rows = []
+                for part in _chunks(wanted, self._in_list_max(conn)):
+                    sql = f"{query} WHERE type_id IN ({_placeholders(len(part))})"
+                    rows.extend(conn.execute(sql, part))
+            return {row[0]: TypeSnapshot(row[0], row[1], bytes(row[2])) for row in rows}
+
+        return await self._run(select)
+
+    async def commit_types(self, types: Sequence[TypeSnapshot]) -> None:
+        """Upsert task types in one transaction."""
+        rows = [(t.type_id, t.hash, t.document) for t in last_wins(types, lambda t: t.type_id)]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(_UPSERT_TYPE, rows)
+
+        await self._run(write)
+
+    async def load_state(self) -> PollState:
+        """The saved poll state; PollState() on a new store."""
+        row = await self._run(
+            lambda conn: conn.execute("SELECT state FROM poll_state WHERE id = 1").fetchone()
+        )
+        if row is None:
+            return PollState()
+        try:
+            return PollState.model_validate_json(row[0])
+        except ValidationError as exc:
+            raise StoreConflict(f"SQLite store {self.path} holds an unreadable poll state") from exc
+
+    async def save_state(self, state: PollState) -> None:
+        """Replace the poll state."""
+        document = state.model_dump_json()
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO poll_state (id, state) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET state = excluded.state", (document,),
+                )
+
+        await self._run(write)
+
+    async def count_tasks(self) -> int:
+        """How many tasks the store holds: a trigger-maintained counter, not a scan."""
+        row = await self._run(
+            lambda conn: conn.execute("SELECT value FROM counters WHERE name = 'tasks'").fetchone()
+        )
+        return int(row[0])
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the file (LATEST_VERSION after a successful start)."""
+        row = await self._run(
+            lambda conn: conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+            .fetchone()
+        )
+        return int(row[0])
+
+    def leadership(self) -> FileLeadership:
+        """An exclusive flock on `<db>.lock`: one active poller per database file on this host."""
+        return FileLeadership(self.lock_path)
+
+
+__all__ = ["LATEST_VERSION", "SqliteStore", "map_error", "path_from_url"]
