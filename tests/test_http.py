@@ -1,0 +1,241 @@
+"""Tests for poller.http: HealthState rules and the real server's answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from poller.config import HttpSettings
+from poller.errors import PublishUnavailable
+from poller.http import HealthServer, HealthState
+from poller.metrics import EVENTS_PUBLISHED, LAST_SUCCESS
+
+T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def state(**kw: Any) -> HealthState:
+    return HealthState(stuck_after_s=60, ready_window_s=180, started_at=T0, **kw)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+class TestLiveness:
+    def test_live_while_beating(self) -> None:
+        """A loop that beat within stuck_after_s is live."""
+        health = state()
+        health.beat(at(100))
+        assert health.is_live(at(150))
+
+    def test_stuck_loop_is_not_live(self) -> None:
+        """No heartbeat for longer than stuck_after_s makes the process not live."""
+        health = state()
+        health.beat(at(100))
+        assert not health.is_live(at(161))
+        assert "not made progress for 61s" in (health.liveness_problem(at(161)) or "")
+
+    async def test_finished_loop_task_is_not_live(self) -> None:
+        """Once the watched loop task is done, the process is not live whatever the heartbeat."""
+        health = state()
+        task = asyncio.create_task(asyncio.sleep(0))
+        health.watch(task)
+        await task
+        health.beat(at(1))
+        assert health.liveness_problem(at(2)) == "the poll loop has stopped"
+
+    def test_standby_ignores_heartbeat(self) -> None:
+        """A standby replica waiting for leadership stays live without beating."""
+        health = state()
+        health.set_standby(True)
+        assert health.is_live(at(3600))
+
+
+class TestReadiness:
+    def test_ready_during_first_window(self) -> None:
+        """Right after start, before any cycle finished, the poller is ready."""
+        assert state().readiness(at(10)) == (True, [])
+
+    def test_not_ready_without_success_in_window(self) -> None:
+        """No success within ready_window_s of the start makes it not ready."""
+        ready, reasons = state().readiness(at(181))
+        assert not ready
+        assert reasons == ["no successful cycle since the start at 2024-05-01T08:00:00+00:00"]
+
+    def test_failed_cycle_is_not_ready(self) -> None:
+        """A failed last cycle turns readiness false at once, naming the error."""
+        health = state()
+        health.cycle_started(at(1))
+        health.cycle_failed(PublishUnavailable("brokers down"))
+        ready, reasons = health.readiness(at(2))
+        assert not ready
+        assert reasons == ["last 1 cycle(s) failed: PublishUnavailable: brokers down"]
+        assert health.consecutive_failures == 1
+
+    def test_success_clears_failures(self) -> None:
+        """A successful cycle clears the failure count and error and sets the metric."""
+        health = state()
+        health.cycle_failed(PublishUnavailable("down"))
+        health.cycle_failed(PublishUnavailable("still down"))
+        assert health.consecutive_failures == 2
+        health.cycle_succeeded(at(30))
+        assert (health.consecutive_failures, health.last_error) == (0, None)
+        assert health.last_success_at == at(30)
+        assert LAST_SUCCESS._value.get() == at(30).timestamp()
+        assert health.readiness(at(200)) == (True, [])
+
+    def test_stale_success_is_not_ready(self) -> None:
+        """A success older than ready_window_s makes it not ready."""
+        health = state()
+        health.cycle_succeeded(at(30))
+        ready, reasons = health.readiness(at(211))
+        assert not ready
+        assert reasons == ["last successful cycle at 2024-05-01T08:00:30+00:00"]
+
+    def test_standby_is_ready(self) -> None:
+        """A standby replica is ready with the reason 'standby'."""
+        health = state()
+        health.set_standby(True)
+        assert health.readiness(at(3600)) == (True, ["standby"])
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    """A factory starting a real HealthServer on a free port, stopped after the test."""
+    servers: list[HealthServer] = []
+
+    async def make(health: HealthState, **kw: Any) -> str:
+        server = HealthServer(HttpSettings(host="127.0.0.1", port=0), health, **kw)
+        await server.start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.port}"
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def get(url: str, **headers: str) -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, response.headers["Content-Type"], await response.text()
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.json()
+
+
+def fresh() -> HealthState:
+    return HealthState(stuck_after_s=60, ready_window_s=60)
+
+
+async def healthy() -> None:
+    return None
+
+
+async def broker_down() -> None:
+    raise PublishUnavailable("Kafka brokers do not answer")
+
+
+class Store:
+    async def ping(self) -> None:
+        await asyncio.Event().wait()  # never answers
+
+
+class TestHealthServer:
+    async def test_healthz_ok(self, serve: Any) -> None:
+        """/healthz answers 200 {"status": "ok"} while the loop beats."""
+        base = await serve(fresh())
+        assert await get_json(f"{base}/healthz") == (200, {"status": "ok"})
+
+    async def test_healthz_stuck(self, serve: Any) -> None:
+        """/healthz answers 503 with the reason when the loop stopped beating."""
+        health = fresh()
+        health.beat(datetime.now(UTC) - timedelta(seconds=120))
+        status, body = await get_json(f"{await serve(health)}/healthz")
+        assert status == 503
+        assert body["status"] == "stuck"
+
+    async def test_readyz_ready(self, serve: Any) -> None:
+        """/readyz answers 200 with ready=true when the state and every check are fine."""
+        health = fresh()
+        health.cycle_succeeded(datetime.now(UTC))
+        status, body = await get_json(f"{await serve(health, checks=[healthy])}/readyz")
+        assert status == 200
+        assert (body["ready"], body["reasons"], body["consecutive_failures"]) == (True, [], 0)
+
+    async def test_readyz_failed_cycle(self, serve: Any) -> None:
+        """/readyz answers 503 after a failed cycle, with the error as the reason."""
+        health = fresh()
+        health.cycle_failed(PublishUnavailable("no brokers"))
+        status, body = await get_json(f"{await serve(health)}/readyz")
+        assert status == 503
+        assert body["ready"] is False
+        assert body["reasons"] == ["last 1 cycle(s) failed: PublishUnavailable: no brokers"]
+
+    async def test_failing_check_turns_not_ready(self, serve: Any) -> None:
+        """A check that raises makes /readyz 503 with its name and message."""
+        base = await serve(fresh(), checks=[healthy, broker_down])
+        status, body = await get_json(f"{base}/readyz")
+        assert status == 503
+        assert body["reasons"] == ["broker_down: PublishUnavailable: Kafka brokers do not answer"]
+
+    async def test_hanging_check_times_out(self, serve: Any) -> None:
+        """A check that never answers is cut off by the timeout and reported by its owner's name."""
+        base = await serve(fresh(), checks=[Store().ping], check_timeout_s=0.1)
+        status, body = await get_json(f"{base}/readyz")
+        assert status == 503
+        assert body["reasons"] == ["Store.ping: no answer within 0.1s"]
+
+    async def test_standby_ready(self, serve: Any) -> None:
+        """A standby replica answers /readyz 200 with the reason 'standby'."""
+        health = fresh()
+        health.set_standby(True)
+        assert await get_json(f"{await serve(health)}/readyz") == (
+            200, {"ready": True, "reasons": ["standby"], "last_success_at": None,
+                  "consecutive_failures": 0},
+        )
+
+    async def test_metrics(self, serve: Any) -> None:
+        """/metrics serves the default registry in the Prometheus text format."""
+        EVENTS_PUBLISHED.labels(type="TaskCreated").inc(0)
+        status, content_type, text = await get(f"{await serve(fresh())}/metrics")
+        assert status == 200
+        assert content_type.startswith("text/plain; version=0.0.4")
+        assert 'waiqin_poller_events_published_total{type="TaskCreated"}' in text
+
+    async def test_metrics_openmetrics(self, serve: Any) -> None:
+        """A scraper asking for OpenMetrics gets it."""
+        base = await serve(fresh())
+        status, content_type, text = await get(
+            f"{base}/metrics", Accept="application/openmetrics-text; version=1.0.0")
+        assert status == 200
+        assert content_type.startswith("application/openmetrics-text")
+        assert text.endswith("# EOF\n")
+
+    async def test_start_stop_idempotent(self) -> None:
+        """start and stop may be called twice; after stop the port refuses connections."""
+        server = HealthServer(HttpSettings(host="127.0.0.1", port=0), fresh())
+        await server.start()
+        await server.start()
+        port = server.port
+        await server.stop()
+        await server.stop()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await get(f"http://127.0.0.1:{port}/healthz")
+
+    async def test_port_in_use(self, serve: Any) -> None:
+        """Binding a taken port raises OSError and leaves nothing running."""
+        base = await serve(fresh())
+        port = int(base.rsplit(":", 1)[1])
+        server = HealthServer(HttpSettings(host="127.0.0.1", port=port), fresh())
+        with pytest.raises(OSError):
+            await server.start()
+        await server.stop()
