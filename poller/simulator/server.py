@@ -73,6 +73,9 @@ class Simulator:
         self.grant_task_types = grant_task_types
         self.requests: Counter[str] = Counter()  # API requests received, by endpoint
         self.served: deque[list[Any]] = deque(maxlen=64)  # records of recent answers, newest last
+        # (endpoint, msg_id, digest) of recent API requests, newest last: lets tests check that
+        # every attempt is signed afresh and that no digest leaks. Kept in memory, never logged.
+        self.received: deque[tuple[str, str, str]] = deque(maxlen=256)
         self._rng = random.Random(seed ^ 0xFA17)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -150,6 +153,7 @@ class Simulator:
             raise web.HTTPNotFound()
         self.requests[endpoint] += 1
         msg_id = request.match_info["msg_id"]
+        self.received.append((endpoint, msg_id, request.match_info["digest"]))
         faults = self.faults.take(endpoint)
         if "latency" in faults:
             await asyncio.sleep(float(faults["latency"].params.get("ms", 500)) / 1000)
