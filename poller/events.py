@@ -1,0 +1,258 @@
+"""The domain events of DESIGN.md §4 and their CloudEvents 1.0 Kafka (binary mode) encoding.
+
+Every task event shares an envelope: `id` (= ce_id, deterministic), `type` (the event name,
+= ce_type), `task_id`, `modify_time` (RFC 3339, +08:00), `observed_at`, `sequence`
+(= ce_sequence, the task's version), `task_type_name` (when known) and `task`, the full
+normalised task after the change. Status events carry the old and new `task_status` as
+"from" and "to" in JSON (`from_status`/`to_status` in Python, where `from` is a keyword).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol
+
+import orjson
+import xxhash
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from poller.models import BEIJING, Feedback, OutboundRecord, Receiver, Task, TaskType
+from poller.normalise import fingerprint
+
+SPEC_VERSION = "1.0"  # CloudEvents specification version (ce_specversion)
+CONTENT_TYPE = b"application/json"  # binary content mode: the value is the bare JSON payload
+
+
+class _Event(BaseModel):
+    # Consumers on an older release ignore fields added later instead of failing.
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class FieldChange(_Event):
+    """One changed field: its canonical value before and after (absent = null)."""
+
+    before: Any = None
+    after: Any = None
+
+
+class TaskEvent(_Event):
+    """The envelope every task event shares."""
+
+    id: str = Field(description="Deterministic event id, equal to the ce_id header.")
+    type: str = Field(description="The event name, equal to the ce_type header.")
+    task_id: str
+    modify_time: AwareDatetime | None = Field(
+        description="The task's modify_time (when it happened), RFC 3339 in Beijing time."
+    )
+    observed_at: AwareDatetime = Field(description="When the poller saw the change.")
+    sequence: int = Field(
+        ge=0, description="The task's version (ce_sequence): +1 per observation with events."
+    )
+    task_type_name: str | None = Field(default=None, description="The task type's name, if known.")
+    task: Task = Field(description="The full normalised task after the change.")
+
+
+class TaskCreated(TaskEvent):
+    """A task_id seen for the first time."""
+
+    type: Literal["TaskCreated"] = "TaskCreated"
+
+
+class TaskUpdated(TaskEvent):
+    """Fields other than receivers, feedback, deadline, status and modify/feedback times changed."""
+
+    type: Literal["TaskUpdated"] = "TaskUpdated"
+    changes: dict[str, FieldChange]
+
+
+class TaskReassigned(TaskEvent):
+    """The receivers (assignees) set changed."""
+
+    type: Literal["TaskReassigned"] = "TaskReassigned"
+    added: tuple[Receiver, ...] = ()
+    removed: tuple[Receiver, ...] = ()
+
+
+class TaskDeadlineChanged(TaskEvent):
+    """feedback_deadline changed (null = no deadline)."""
+
+    type: Literal["TaskDeadlineChanged"] = "TaskDeadlineChanged"
+    before: AwareDatetime | None = None
+    after: AwareDatetime | None = None
+
+
+class FeedbackAdded(TaskEvent):
+    """A feedback entry not seen before; one event per entry, oldest first."""
+
+    type: Literal["FeedbackAdded"] = "FeedbackAdded"
+    feedback: Feedback
+
+
+class _StatusChange(TaskEvent):
+    from_status: int = Field(alias="from", description="task_status before.")
+    to_status: int = Field(alias="to", description="task_status after.")
+
+
+class TaskFeedbackSubmitted(_StatusChange):
+    """task_status changed to 1 (已反馈, feedback given)."""
+
+    type: Literal["TaskFeedbackSubmitted"] = "TaskFeedbackSubmitted"
+
+
+class TaskAccepted(_StatusChange):
+    """task_status changed to 2 (验收通过, accepted)."""
+
+    type: Literal["TaskAccepted"] = "TaskAccepted"
+
+
+class TaskRejected(_StatusChange):
+    """task_status changed to 3 (需重新反馈, feedback rejected)."""
+
+    type: Literal["TaskRejected"] = "TaskRejected"
+
+
+class TaskReopened(_StatusChange):
+    """task_status changed to 0 (待反馈, awaiting feedback)."""
+
+    type: Literal["TaskReopened"] = "TaskReopened"
+
+
+class TaskDeleted(TaskEvent):
+    """status changed 1 -> 0."""
+
+    type: Literal["TaskDeleted"] = "TaskDeleted"
+
+
+class TaskRestored(TaskEvent):
+    """status changed 0 -> 1."""
+
+    type: Literal["TaskRestored"] = "TaskRestored"
+
+
+class TaskTypeChanged(_Event):
+    """A task type definition changed (task-types topic; key and ce_subject = type_id).
+
+    The full type is `task_type`, since `type` is the event name as in every event.
+    """
+
+    id: str = Field(description="Deterministic event id, equal to the ce_id header.")
+    type: Literal["TaskTypeChanged"] = "TaskTypeChanged"
+    type_id: str
+    observed_at: AwareDatetime
+    changes: dict[str, FieldChange]
+    task_type: TaskType = Field(description="The full task type after the change.")
+
+
+class DeadLetter(_Event):
+    """A record that could not be read (dead-letter topic; ce_type=DeadLetter)."""
+
+    reason: str
+    raw: Any = Field(description="The record exactly as received (any JSON value).")
+    window: dict[str, str | None] = Field(
+        description="The scan's window: modify_date_from and modify_date_to (yyyy-MM-dd)."
+    )
+    page: int
+
+
+TASK_EVENTS: tuple[type[TaskEvent], ...] = (
+    TaskCreated, TaskUpdated, TaskReassigned, TaskDeadlineChanged, FeedbackAdded,
+    TaskFeedbackSubmitted, TaskAccepted, TaskRejected, TaskReopened, TaskDeleted, TaskRestored,
+)
+"""Every task event class, in the order of the DESIGN.md §4 table."""
+
+Event = Annotated[
+    TaskCreated | TaskUpdated | TaskReassigned | TaskDeadlineChanged | FeedbackAdded
+    | TaskFeedbackSubmitted | TaskAccepted | TaskRejected | TaskReopened | TaskDeleted
+    | TaskRestored | TaskTypeChanged,
+    Field(discriminator="type"),
+]
+"""Any event of the tasks or task-types topic, discriminated by `type`."""
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class KafkaMessage(Protocol):
+    """What decode() reads: an OutboundRecord or a consumed aiokafka record."""
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def event_id(subject: str, event_type: str, content: str) -> str:
+    """The deterministic ce_id: same subject, event type and observed content, same id."""
+    return xxhash.xxh3_128_hexdigest(f"{subject}|{event_type}|{content}".encode())
+
+
+def encode(event: TaskEvent | TaskTypeChanged, *, source: str) -> OutboundRecord:
+    """The Kafka record of an event: key, CloudEvents binary-mode headers, JSON value."""
+    payload = event.model_dump(mode="json", by_alias=True)
+    if isinstance(event, TaskTypeChanged):
+        subject = event.type_id
+        headers = _headers(event.id, source, event.type, subject, payload["observed_at"],
+                           payload["observed_at"], sequence=None)
+        topic: Literal["tasks", "task-types"] = "task-types"
+    else:
+        subject = event.task_id
+        happened = payload["modify_time"] or payload["observed_at"]
+        headers = _headers(event.id, source, event.type, subject, happened,
+                           payload["observed_at"], sequence=event.sequence)
+        topic = "tasks"
+    return OutboundRecord(topic=topic, key=subject.encode(), value=orjson.dumps(payload),
+                          headers=headers)
+
+
+def dead_letter(
+    raw: object,
+    *,
+    reason: str,
+    task_id: str | None,
+    window: dict[str, str | None],
+    page: int,
+    source: str,
+    observed_at: datetime,
+) -> OutboundRecord:
+    """The dead-letter record of an unreadable record; ce_id derives from its fingerprint,
+    so the same bad record always gets the same id."""
+    value = {"reason": reason, "raw": raw, "window": window, "page": page}
+    try:
+        body = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # not JSON-shaped (cannot come from the API): keep a readable trace
+        body = orjson.dumps({**value, "raw": repr(raw)})
+    when = observed_at.astimezone(BEIJING).isoformat()
+    subject = task_id or ""
+    headers = _headers(event_id(subject, "DeadLetter", fingerprint(raw)), source, "DeadLetter",
+                       subject, when, when, sequence=None)
+    return OutboundRecord(topic="dead-letter", key=subject.encode(), value=body, headers=headers)
+
+
+def decode(message: KafkaMessage) -> Event | DeadLetter:
+    """The event in a Kafka record written by encode() or dead_letter()."""
+    headers = dict(message.headers)
+    value = message.value or b""
+    if headers.get("ce_type") == b"DeadLetter":
+        return DeadLetter.model_validate_json(value)
+    return _EVENT_ADAPTER.validate_json(value)
+
+
+def _headers(
+    ce_id: str, source: str, ce_type: str, subject: str, time: str, recorded: str,
+    *, sequence: int | None,
+) -> tuple[tuple[str, bytes], ...]:
+    headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_subject", subject.encode()),
+        ("ce_time", time.encode()),
+        ("ce_recordedtime", recorded.encode()),
+        ("ce_partitionkey", subject.encode()),
+    ]
+    if sequence is not None:  # task types and dead letters have no version
+        headers.append(("ce_sequence", str(sequence).encode()))
+    headers.append(("content-type", CONTENT_TYPE))
+    return tuple(headers)
