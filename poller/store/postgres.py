@@ -32,7 +32,11 @@ MIGRATION_KEY = _advisory_key(b"waiqin-poller/migrations")  # serialises replica
 # shutdown (57), system error (58); plus lock_not_available.
 RETRIABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
 RETRIABLE_SQLSTATES = frozenset({"55P03"})
-DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+    # e.g. "another operation is in progress" when the server killed the session mid-query
+    asyncpg.exceptions.InternalClientError,
+)
 """Every exception the driver raises; none of them leaves this module untranslated."""
 # A leader whose host vanishes (no FIN, no RST) is noticed by the server after about
 # idle + interval * count seconds, which bounds how long the lock outlives it.
@@ -73,7 +77,9 @@ def map_error(exc: BaseException, where: str) -> StoreError:
         if state[:2] in RETRIABLE_SQLSTATE_CLASSES or state in RETRIABLE_SQLSTATES:
             return StoreUnavailable(f"PostgreSQL store {where} is unavailable: {exc} ({state})")
         return StoreConflict(f"PostgreSQL store {where} refused the operation: {exc} ({state})")
-    if isinstance(exc, asyncpg.InterfaceError) and "clos" in str(exc):  # closed / closing
+    broken = isinstance(exc, asyncpg.exceptions.InternalClientError)  # session killed mid-query
+    closed = isinstance(exc, asyncpg.InterfaceError) and "clos" in str(exc)  # closed, closing
+    if broken or closed:
         return StoreUnavailable(f"PostgreSQL store {where} connection is gone: {exc}")
     return StoreConflict(f"PostgreSQL store {where} failed: {exc!r}")
 
@@ -363,15 +369,19 @@ class AdvisoryLeadership:
         the server still had it) so two pollers can never both believe they lead.
         """
         async with self._guard:
-            if not self._held or self._conn is None or self._conn.is_closed():
-                self._held = False
+            if not self._held:
                 raise StoreConflict(f"not the leader of {self.where}: the lock is not held")
+            if self._conn is None or self._conn.is_closed():
+                await self._discard()
+                raise StoreConflict(
+                    f"leadership of {self.where} lost: the lock connection was closed"
+                )
             try:
                 held = await self._conn.fetchval(
                     _LOCK_HELD, self.key >> 32, self.key & 0xFFFF_FFFF,
                     timeout=self._connect_timeout_s,
                 )
-            except DRIVER_ERRORS as exc:
+            except Exception as exc:  # whatever went wrong, we can no longer prove we lead
                 await self._discard()
                 raise StoreConflict(
                     f"leadership of {self.where} lost: the lock connection failed ({exc!r})"

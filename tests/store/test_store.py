@@ -198,7 +198,7 @@ class TestUnreachable:
         await opened.stop()
 
     async def test_sqlite_unopenable_is_unavailable(self, tmp_path: Path) -> None:
-        """An SQLite path that cannot be opened (a directory) makes start() raise StoreUnavailable."""
+        """An SQLite path that cannot be opened (a directory) is StoreUnavailable at start()."""
         (tmp_path / "dir.db").mkdir()
         opened = make_store(f"sqlite:///{tmp_path / 'dir.db'}")
         with pytest.raises(StoreUnavailable):
