@@ -263,6 +263,17 @@ class TestAdminApi:
 
 
 class TestChurn:
+    async def test_in_process(self) -> None:
+        """start_churn mutates tasks in the background until stop_churn."""
+        sim = Simulator("o", "k", tasks=10)
+        await sim.start_churn(500)
+        await wait_for(lambda: len(sim.ledger) >= 5)
+        await sim.stop_churn()
+        count = len(sim.ledger)
+        assert not sim.churn.is_running
+        await sim.stop()
+        assert len(sim.ledger) == count
+
     def test_mix(self) -> None:
         """Random mutations cover every kind in the mix and keep the ledger consistent."""
         sim = Simulator("o", "k", tasks=20)

@@ -113,6 +113,14 @@ class Simulator:
         """Arm a fault (see faults.KINDS) for the next `count` requests."""
         return self.faults.add(kind, count, endpoint, **params)
 
+    async def start_churn(self, per_s: float) -> None:
+        """Mutate `per_s` random tasks per second until stop_churn() or stop()."""
+        await self.churn.start(per_s)
+
+    async def stop_churn(self) -> None:
+        """Stop churning; idempotent."""
+        await self.churn.stop()
+
     def app(self) -> web.Application:
         """The aiohttp application: the two API endpoints and the admin API."""
         application = web.Application()
