@@ -10,6 +10,7 @@ import aiokafka.errors as kafka_errors
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from poller.config import KafkaSettings
 from poller.errors import PublishRejected, PublishUnavailable
 from poller.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from poller.models import OutboundRecord
@@ -160,7 +161,7 @@ class TestKafkaPublisher:
         await fresh_publisher(running_kafka_broker).publish([])
 
 
-class TestOutage:
+class TestFailures:
     async def test_start_fails_promptly(self, broker_factory: BrokerFactory) -> None:
         """start() against a stopped broker raises PublishUnavailable within the request timeout."""
         broker = broker_factory()
@@ -199,6 +200,31 @@ class TestOutage:
             r.key == b"task-4" for r in rs))
         assert b"task-4" in {r.key for r in got}
         assert {r.key for r in got} <= {b"task-2", b"task-3", b"task-4"}
+
+
+    async def test_start_gives_up_on_a_silent_address(self) -> None:
+        """start() against an address that never answers gives up within the request timeout."""
+        settings = KafkaSettings(bootstrap_servers="10.255.255.1:9092", request_timeout_ms=500,
+                                 enable_idempotence=False)
+        publisher = KafkaPublisher(settings, topic_settings())
+        started = time.monotonic()
+        with pytest.raises(PublishUnavailable):
+            await publisher.start()
+        assert time.monotonic() - started < 3.0
+        await publisher.stop()
+
+    async def test_cancelled_publish_is_maybe_sent(self, running_kafka_broker: TansuBroker) -> None:
+        """Cancelling publish stops the waiting, not the delivery; the producer keeps working."""
+        topics = topic_settings()
+        first = [record(n) for n in range(2000)]
+        async with KafkaPublisher(kafka_settings(running_kafka_broker), topics) as publisher:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(publisher.publish(first), timeout=0.001)
+            await publisher.publish([record(5000)])
+        got = await consume(running_kafka_broker.bootstrap, topics.tasks,
+                            until=lambda rs: any(r.key == b"task-5000" for r in rs))
+        assert b"task-5000" in {r.key for r in got}
+        assert {r.key for r in got} <= {r.key for r in first} | {b"task-5000"}
 
 
 class TestMapError:
