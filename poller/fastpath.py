@@ -94,11 +94,14 @@ def _fast_objects(doc: dict[str, Any]) -> int:
     count = 0
     value = doc.get("receivers")
     if value is not None:
-        items = _fast_receivers(value) if type(value) is list and value else None
+        items = _fast_receivers(value) if type(value) is list else None
         if items is None:
             return -1
-        doc["receivers"] = items
-        count += 1
+        if items:
+            doc["receivers"] = items
+            count += 1
+        else:  # an empty list is absent
+            del doc["receivers"]
     value = doc.get("feedback_detail")
     if value is not None:
         items = _fast_feedback(value) if type(value) is list else None

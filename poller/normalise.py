@@ -121,6 +121,11 @@ def _task(raw: dict[str, Any]) -> NormalisedTask:
     )
 
 
+def general_document(raw: dict[str, Any]) -> dict[str, Any]:
+    """The canonical document by the general rules alone: the reference for the fast path."""
+    return _object(raw, _TASK_FIELDS, "", _task_id(raw))
+
+
 def _new_normalised(
     task_id: str, document: bytes, hash_: str, type_id: str | None, modify_time: datetime | None
 ) -> NormalisedTask:

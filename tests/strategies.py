@@ -1,0 +1,190 @@
+"""Hypothesis strategies for Waiqin365 queryTask payloads.
+
+- `raw_tasks()`: one record in the API's own shape (times `yyyy-MM-dd HH:mm`, codes as strings
+  or numbers, ids as digit strings), sometimes with unknown extra fields.
+- `renderings(raw)`: the same record rendered differently but meaning the same (shuffled keys
+  and lists, numbers vs strings, times with ":00" seconds, empty strings and nulls for absent
+  fields, duplicated receivers and feedback): it must normalise to the same hash.
+- `mutation_steps(raw)`: one step of a task's life (a non-empty set of changes, always with a
+  new modify_time) with the event types DESIGN.md §4 expects from it, in table order.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import strategies as st
+
+# Ids are digit strings without leading zeros, short enough to be JSON numbers too (int64).
+ids = st.integers(min_value=1, max_value=10**18).map(str)
+texts = st.text(
+    alphabet=st.sampled_from("任务内容反馈来源客户巡检abcXYZ 0123456789-_,.!"), min_size=1, max_size=12
+)
+# Minute-precision Beijing wall times, as the API sends them.
+minutes = st.integers(min_value=0, max_value=60 * 24 * 365 * 5).map(
+    lambda m: datetime(2020, 1, 1) + timedelta(minutes=m)
+)
+api_times = minutes.map(lambda t: t.strftime("%Y-%m-%d %H:%M"))
+
+TIME_FIELDS = ("create_time", "modify_time", "feedback_deadline", "latest_feedback_time")
+CODE_FIELDS = ("task_status", "status", "execute_demand")
+ID_FIELDS = ("task_id", "task_type_id", "customer_id", "task_source_id", "visit_implement_id")
+EXTRA_KEYS = ("achievement", "x_region", "x_priority_label")
+
+
+@st.composite
+def people(draw: st.DrawFn) -> dict[str, Any]:
+    return {"id": draw(ids), "name": draw(texts)}
+
+
+@st.composite
+def receiver_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
+    return draw(st.lists(people(), max_size=4, unique_by=lambda p: p["id"]))
+
+
+@st.composite
+def feedback_entries(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "feedback_content": draw(texts),
+        "feedback_visit_id": draw(ids),
+        "feedback_time": draw(api_times),
+    }
+
+
+@st.composite
+def raw_tasks(draw: st.DrawFn) -> dict[str, Any]:
+    """One queryTask record as the API sends it."""
+    raw: dict[str, Any] = {
+        "task_id": draw(ids),
+        "task_type_id": draw(ids),
+        "customer_id": draw(ids),
+        "task_source_id": draw(ids),
+        "visit_implement_id": draw(ids),
+        "task_source_name": draw(texts),
+        "task_content": draw(texts),
+        "latest_feedback_content": draw(texts),
+        "task_status": str(draw(st.integers(0, 3))),
+        "status": draw(st.integers(0, 1)),
+        "execute_demand": str(draw(st.integers(0, 2))),
+        "creator": draw(people()),
+        "receivers": draw(receiver_lists()),
+        "feedback_detail": draw(
+            st.lists(feedback_entries(), max_size=3,
+                     unique_by=lambda f: (f["feedback_time"], f["feedback_visit_id"],
+                                          f["feedback_content"]))
+        ),
+    }
+    for key in TIME_FIELDS:
+        raw[key] = draw(api_times)
+    for key in draw(st.lists(st.sampled_from(EXTRA_KEYS), unique=True, max_size=2)):
+        raw[key] = draw(texts)
+    return raw
+
+
+@st.composite
+def renderings(draw: st.DrawFn, raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` rendered differently but meaning the same."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        out[key] = _render(key, value, rng)
+    for key in ("achievement", "x_absent"):  # Quirk: "" and null mean absent
+        if key not in out and rng.random() < 0.5:
+            out[key] = rng.choice(["", None])
+    keys = list(out)
+    rng.shuffle(keys)
+    return {key: out[key] for key in keys}
+
+
+def _render(key: str, value: Any, rng: random.Random) -> Any:
+    if key in CODE_FIELDS or key in ID_FIELDS:
+        return rng.choice([str(value), int(value)])
+    if key in TIME_FIELDS:
+        return value + ":00" if rng.random() < 0.5 else value
+    if key == "receivers":
+        items = [_shuffled_dict(item, rng) for item in value]
+        if items and rng.random() < 0.3:
+            items.append(dict(rng.choice(items)))  # a duplicate receiver
+        if not items and rng.random() < 0.5:
+            return rng.choice([None, ""])
+        rng.shuffle(items)
+        return items
+    if key == "feedback_detail":
+        items = [_shuffled_dict(item, rng) for item in value]
+        if items and rng.random() < 0.3:
+            items.append(dict(rng.choice(items)))  # a duplicate entry
+        rng.shuffle(items)
+        return items
+    if key == "creator":
+        return _shuffled_dict(value, rng)
+    return value
+
+
+def _shuffled_dict(value: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    keys = list(value)
+    rng.shuffle(keys)
+    out = {key: value[key] for key in keys}
+    if "id" in out and rng.random() < 0.5:
+        out["id"] = int(out["id"])  # Quirk: ids drift between numbers and strings
+    return out
+
+
+# --- mutations: one step of a task's life and the events it must produce ------------------------
+
+STATUS_EVENT = {1: "TaskFeedbackSubmitted", 2: "TaskAccepted", 3: "TaskRejected", 0: "TaskReopened"}
+MUTATIONS = ("content", "reassign", "deadline", "feedback", "task_status", "status")
+
+
+@st.composite
+def mutation_steps(draw: st.DrawFn, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The next state of `raw` and the event types expected, in DESIGN.md §4 table order.
+
+    An empty kind set is a "touch" (modify_time alone): no events.
+    """
+    kinds = draw(st.sets(st.sampled_from(MUTATIONS), max_size=3))
+    new = dict(raw)
+    new["modify_time"] = _later(raw["modify_time"], draw(st.integers(1, 600)))
+    expected: list[str] = []
+    if "content" in kinds:
+        new["task_content"] = raw["task_content"] + draw(texts)
+        expected.append("TaskUpdated")
+    if "reassign" in kinds:
+        new["receivers"] = [*raw["receivers"], {"id": _fresh_id(raw), "name": draw(texts)}]
+        if raw["receivers"] and draw(st.booleans()):
+            new["receivers"] = new["receivers"][1:]
+        expected.append("TaskReassigned")
+    if "deadline" in kinds:
+        new["feedback_deadline"] = _later(raw["feedback_deadline"], draw(st.integers(1, 9999)))
+        expected.append("TaskDeadlineChanged")
+    if "feedback" in kinds:
+        count = draw(st.integers(1, 2))
+        entries = [{"feedback_content": draw(texts), "feedback_visit_id": _fresh_id(raw, n),
+                    "feedback_time": _later(new["modify_time"], n)} for n in range(count)]
+        new["feedback_detail"] = [*raw["feedback_detail"], *entries]
+        new["latest_feedback_content"] = entries[-1]["feedback_content"]
+        expected.extend(["FeedbackAdded"] * count)
+    if "task_status" in kinds:
+        old = int(raw["task_status"])
+        status = draw(st.sampled_from([s for s in range(4) if s != old]))
+        new["task_status"] = str(status)
+        expected.append(STATUS_EVENT[status])
+    if "status" in kinds:
+        new["status"] = 1 - int(raw["status"])
+        expected.append("TaskDeleted" if new["status"] == 0 else "TaskRestored")
+    return new, expected
+
+
+def _later(api_time: str, minutes_later: int) -> str:
+    then = datetime.strptime(api_time[:16], "%Y-%m-%d %H:%M") + timedelta(minutes=minutes_later)
+    return then.strftime("%Y-%m-%d %H:%M")
+
+
+def _fresh_id(raw: dict[str, Any], salt: int = 0) -> str:
+    """An id no receiver or feedback of `raw` uses (ids are <= 10**18, so this is longer)."""
+    taken = {p["id"] for p in raw["receivers"]} | {f["feedback_visit_id"] for f in raw["feedback_detail"]}
+    candidate = 10**18 + 1 + salt
+    while str(candidate) in taken:
+        candidate += 10
+    return str(candidate)

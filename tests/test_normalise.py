@@ -1,0 +1,238 @@
+"""Tests for poller.normalise: canonical documents, hashes, malformed records."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from poller import fastpath, normalise
+from poller.errors import NormaliseError
+from poller.models import BEIJING, Task
+from tests.strategies import raw_tasks, renderings
+
+# The queryTask item of the vendor documentation.
+VENDOR_RECORD: dict[str, Any] = {
+    "status": 1, "task_status": "1", "create_time": "2020-11-19 10:33", "execute_demand": "1",
+    "feedback_deadline": "2020-11-25 10:10", "modify_time": "2020-12-09 15:02",
+    "latest_feedback_content": "…", "task_id": "10001", "task_source_name": "任务来源1",
+    "task_source_id": "10001", "visit_implement_id": "10001",
+    "latest_feedback_time": "2020-11-19 10:33", "task_type_id": "10001",
+    "receivers": [{"name": "lm", "id": "4622857986008792650"}],
+    "creator": {"name": "lm", "id": "4622857986008792650"}, "task_content": "任务内容",
+    "customer_id": "7269195022934925565",
+    "feedback_detail": [{"feedback_content": "第一次反馈", "feedback_visit_id": "6881395042783735132",
+                         "feedback_time": "2023-04-28 11:21"}],
+}
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    """The vendor record with some fields replaced."""
+    raw = copy.deepcopy(VENDOR_RECORD)
+    raw.update(changes)
+    return raw
+
+
+def document(raw: object) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(normalise.task(raw).document)
+    return result
+
+
+class TestTask:
+    def test_vendor_record(self) -> None:
+        """The vendor's example record normalises to the documented canonical form."""
+        result = normalise.task(VENDOR_RECORD)
+        doc = orjson.loads(result.document)
+        assert result.task_id == "10001"
+        assert result.type_id == "10001"
+        assert result.modify_time == datetime(2020, 12, 9, 15, 2, tzinfo=BEIJING)
+        assert doc["task_status"] == 1 and doc["execute_demand"] == 1 and doc["status"] == 1
+        assert doc["create_time"] == "2020-11-19T10:33:00+08:00"
+        assert doc["feedback_detail"][0]["feedback_time"] == "2023-04-28T11:21:00+08:00"
+        assert list(doc) == sorted(doc)
+
+    def test_document_is_utf8_with_non_ascii_kept(self) -> None:
+        """The canonical document keeps Chinese text as UTF-8, not \\u escapes."""
+        assert "任务内容".encode() in normalise.task(VENDOR_RECORD).document
+
+    def test_seconds_accepted(self) -> None:
+        """A time with seconds is read too, and ':00' seconds mean the same minute."""
+        assert normalise.task(record(modify_time="2020-12-09 15:02:00")).hash == \
+            normalise.task(VENDOR_RECORD).hash
+        assert document(record(modify_time="2020-12-09 15:02:07"))["modify_time"] == \
+            "2020-12-09T15:02:07+08:00"
+
+    def test_empty_strings_are_absent(self) -> None:
+        """Empty strings and nulls are dropped, so they hash like a missing field."""
+        plain = normalise.task(VENDOR_RECORD)
+        assert normalise.task(record(achievement="", x_other=None)).hash == plain.hash
+        without = record()
+        del without["latest_feedback_content"]
+        assert normalise.task(record(latest_feedback_content="")).hash == \
+            normalise.task(without).hash
+
+    def test_receivers_are_a_set_by_id(self) -> None:
+        """Receivers are sorted by id and duplicates merged."""
+        doc = document(record(receivers=[
+            {"id": "2", "name": "b"}, {"id": 1, "name": "a"}, {"name": "b", "id": "2"},
+        ]))
+        assert doc["receivers"] == [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]
+
+    def test_feedback_is_a_set_sorted_oldest_first(self) -> None:
+        """Feedback entries are sorted by time and duplicates merged."""
+        late = {"feedback_content": "二", "feedback_visit_id": "2", "feedback_time": "2023-05-01 09:00"}
+        early = {"feedback_content": "一", "feedback_visit_id": "1", "feedback_time": "2023-04-28 11:21"}
+        doc = document(record(feedback_detail=[late, early, dict(late)]))
+        assert [f["feedback_visit_id"] for f in doc["feedback_detail"]] == ["1", "2"]
+
+    def test_unknown_fields_kept_and_normalised(self) -> None:
+        """Unknown fields reach the document, normalised recursively (numbers as strings)."""
+        doc = document(record(x_extra={"b": 2, "a": "", "c": [1, "", None]}, x_flag=True))
+        assert doc["x_extra"] == {"b": "2", "c": ["1"]}
+        assert doc["x_flag"] is True
+
+    def test_hash_carries_the_normalisation_version(self) -> None:
+        """The hash covers the version, so a rule change re-baselines every task."""
+        result = normalise.task(VENDOR_RECORD)
+        assert result.hash == normalise.content_hash(result.document)
+        assert normalise.NORMALISATION_VERSION >= 1
+        import xxhash
+        assert result.hash != xxhash.xxh3_128_hexdigest(result.document)
+
+    def test_to_task(self) -> None:
+        """The canonical document reads back as the typed Task model."""
+        task = normalise.to_task(normalise.task(VENDOR_RECORD).document)
+        assert isinstance(task, Task)
+        assert task.task_status == 1
+        assert task.receivers[0].id == "4622857986008792650"
+        assert task.feedback_deadline == datetime(2020, 11, 25, 10, 10, tzinfo=BEIJING)
+
+    def test_memo_is_transparent(self) -> None:
+        """Clearing the caches does not change any result."""
+        first = normalise.task(VENDOR_RECORD)
+        normalise.clear_caches()
+        assert normalise.task(VENDOR_RECORD) == first
+
+
+MALFORMED = [
+    pytest.param(["not", "an", "object"], "not a JSON object but a list", None, id="list"),
+    pytest.param("text", "not a JSON object but a string", None, id="string"),
+    pytest.param(record(task_id=""), "no non-empty task_id", None, id="empty-task-id"),
+    pytest.param({"task_content": "x"}, "no non-empty task_id", None, id="missing-task-id"),
+    pytest.param(record(receivers={"id": "1"}), "receivers must be a list of objects", "10001",
+                 id="receivers-object"),
+    pytest.param(record(receivers=["1"]), r"receivers\[0\] must be an object", "10001",
+                 id="receivers-of-strings"),
+    pytest.param(record(receivers=[{"name": "x"}]), r"receivers\[0\] has no id", "10001",
+                 id="receiver-without-id"),
+    pytest.param(record(feedback_detail="第一次反馈"), "feedback_detail must be a list of objects",
+                 "10001", id="feedback-string"),
+    pytest.param(record(feedback_detail=[[1]]), r"feedback_detail\[0\] must be an object",
+                 "10001", id="feedback-of-lists"),
+    pytest.param(record(creator="lm"), "creator must be an object", "10001", id="creator-string"),
+    pytest.param(record(modify_time="2020-13-45 99:99"), "modify_time is not a time", "10001",
+                 id="bad-time"),
+    pytest.param(record(create_time="yesterday"), "create_time is not a time", "10001",
+                 id="words-time"),
+    pytest.param(record(feedback_deadline=1606270200), "feedback_deadline must be a time string",
+                 "10001", id="epoch-time"),
+    pytest.param(record(feedback_detail=[{"feedback_time": "2023/04/28 11:21"}]),
+                 r"feedback_detail\[0\]\.feedback_time is not a time", "10001",
+                 id="feedback-bad-time"),
+    pytest.param(record(task_status="done"), "task_status must be an integer", "10001",
+                 id="status-word"),
+    pytest.param(record(status=[1]), "status must be an integer", "10001", id="status-list"),
+    pytest.param(record(task_content={"a": 1}), "task_content must be a string", "10001",
+                 id="content-object"),
+]
+
+
+class TestMalformed:
+    @pytest.mark.parametrize(("raw", "reason", "task_id"), MALFORMED)
+    def test_rejected_with_reason(self, raw: object, reason: str, task_id: str | None) -> None:
+        """A record normalisation cannot read raises NormaliseError naming what is wrong."""
+        with pytest.raises(NormaliseError, match=reason) as caught:
+            normalise.task(raw)
+        assert caught.value.task_id == task_id
+        assert caught.value.reason == str(caught.value)
+
+
+class TestProperties:
+    @given(raw_tasks(), st.data())
+    def test_equivalent_renderings_hash_alike(self, raw: dict[str, Any], data: st.DataObject) -> None:
+        """Shuffled keys and lists, numbers vs strings, empties and duplicates: same hash."""
+        other = data.draw(renderings(raw))
+        assert normalise.task(other).document == normalise.task(raw).document
+        assert normalise.task(other).hash == normalise.task(raw).hash
+
+    @given(raw_tasks())
+    def test_idempotent(self, raw: dict[str, Any]) -> None:
+        """Normalising a canonical document again gives the same document."""
+        once = normalise.task(raw)
+        assert normalise.task(orjson.loads(once.document)).document == once.document
+
+    @given(raw_tasks(), st.data())
+    def test_fast_path_matches_general_rules(self, raw: dict[str, Any], data: st.DataObject) -> None:
+        """Whatever the fast path accepts, it normalises exactly as the general rules do."""
+        other = data.draw(renderings(raw))
+        normalise.task(other)  # warms the time cache, as a real page does
+        fast = fastpath.fast_task(other, str(other["task_id"]))
+        general = normalise.general_document(other)
+        if fast is not None:
+            assert orjson.dumps(fast, option=orjson.OPT_SORT_KEYS) == \
+                orjson.dumps(general, option=orjson.OPT_SORT_KEYS)
+
+    @given(raw_tasks())
+    def test_fast_path_takes_the_usual_shape(self, raw: dict[str, Any]) -> None:
+        """A record in the API's usual shape never needs the general rules (once times are known)."""
+        normalise.task(raw)
+        assert fastpath.fast_task(raw, raw["task_id"]) is not None
+
+    @given(raw_tasks())
+    def test_to_task_reads_every_document(self, raw: dict[str, Any]) -> None:
+        """Every canonical document is a valid Task."""
+        task = normalise.to_task(normalise.task(raw).document)
+        assert task.task_id == raw["task_id"]
+
+
+class TestTaskType:
+    def test_canonical(self) -> None:
+        """A task type normalises with its id as a string and extras kept."""
+        snap = normalise.task_type({"type_id": 10001, "type_name": "巡检", "sort": 3, "memo": ""})
+        assert snap.type_id == "10001"
+        assert orjson.loads(snap.document) == {"sort": "3", "type_id": "10001", "type_name": "巡检"}
+
+    def test_renderings_hash_alike(self) -> None:
+        """Key order and number drift do not change a type's hash."""
+        one = normalise.task_type({"type_id": "7", "type_name": "a"})
+        other = normalise.task_type({"type_name": "a", "type_id": 7, "extra": None})
+        assert one.hash == other.hash
+
+    @pytest.mark.parametrize(("raw", "reason"), [
+        pytest.param([1], "not a JSON object", id="list"),
+        pytest.param({"type_name": "a"}, "no non-empty type_id", id="no-id"),
+        pytest.param({"type_id": "1", "type_name": {"zh": "a"}}, "type_name must be a string",
+                     id="name-object"),
+    ])
+    def test_malformed(self, raw: object, reason: str) -> None:
+        """An unreadable task type raises NormaliseError."""
+        with pytest.raises(NormaliseError, match=reason):
+            normalise.task_type(raw)
+
+
+class TestFingerprint:
+    def test_stable(self) -> None:
+        """The same bad record gives the same fingerprint, whatever its key order."""
+        bad = {"task_id": "1", "receivers": "x"}
+        assert normalise.fingerprint(bad) == normalise.fingerprint({"receivers": "x", "task_id": "1"})
+        assert normalise.fingerprint(bad) != normalise.fingerprint({"task_id": "1", "receivers": "y"})
+
+    def test_any_json_value(self) -> None:
+        """Non-object records have fingerprints too."""
+        assert normalise.fingerprint([1, 2]) != normalise.fingerprint("[1, 2]")
+        assert len(normalise.fingerprint(None)) == 32
