@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 # Ids are digit strings without leading zeros, short enough to be JSON numbers too (int64).
 ids = st.integers(min_value=1, max_value=10**18).map(str)
 texts = st.text(
-    alphabet=st.sampled_from("任务内容反馈来源客户巡检abcXYZ 0123456789-_,.!"), min_size=1, max_size=12
+    alphabet=st.sampled_from("任务内容反馈来源客户巡检abcXYZ 0123456789-_,.!"),
+    min_size=1,
+    max_size=12,
 )
 # Minute-precision Beijing wall times, as the API sends them.
 minutes = st.integers(min_value=0, max_value=60 * 24 * 365 * 5).map(
@@ -183,7 +185,8 @@ def _later(api_time: str, minutes_later: int) -> str:
 
 def _fresh_id(raw: dict[str, Any], salt: int = 0) -> str:
     """An id no receiver or feedback of `raw` uses (ids are <= 10**18, so this is longer)."""
-    taken = {p["id"] for p in raw["receivers"]} | {f["feedback_visit_id"] for f in raw["feedback_detail"]}
+    taken = {p["id"] for p in raw["receivers"]}
+    taken |= {f["feedback_visit_id"] for f in raw["feedback_detail"]}
     candidate = 10**18 + 1 + salt
     while str(candidate) in taken:
         candidate += 10

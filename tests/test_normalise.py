@@ -26,7 +26,8 @@ VENDOR_RECORD: dict[str, Any] = {
     "receivers": [{"name": "lm", "id": "4622857986008792650"}],
     "creator": {"name": "lm", "id": "4622857986008792650"}, "task_content": "任务内容",
     "customer_id": "7269195022934925565",
-    "feedback_detail": [{"feedback_content": "第一次反馈", "feedback_visit_id": "6881395042783735132",
+    "feedback_detail": [{"feedback_content": "第一次反馈",
+                         "feedback_visit_id": "6881395042783735132",
                          "feedback_time": "2023-04-28 11:21"}],
 }
 
@@ -85,8 +86,10 @@ class TestTask:
 
     def test_feedback_is_a_set_sorted_oldest_first(self) -> None:
         """Feedback entries are sorted by time and duplicates merged."""
-        late = {"feedback_content": "二", "feedback_visit_id": "2", "feedback_time": "2023-05-01 09:00"}
-        early = {"feedback_content": "一", "feedback_visit_id": "1", "feedback_time": "2023-04-28 11:21"}
+        late = {"feedback_content": "二", "feedback_visit_id": "2",
+                "feedback_time": "2023-05-01 09:00"}
+        early = {"feedback_content": "一", "feedback_visit_id": "1",
+                 "feedback_time": "2023-04-28 11:21"}
         doc = document(record(feedback_detail=[late, early, dict(late)]))
         assert [f["feedback_visit_id"] for f in doc["feedback_detail"]] == ["1", "2"]
 
@@ -164,7 +167,9 @@ class TestMalformed:
 
 class TestProperties:
     @given(raw_tasks(), st.data())
-    def test_equivalent_renderings_hash_alike(self, raw: dict[str, Any], data: st.DataObject) -> None:
+    def test_equivalent_renderings_hash_alike(
+        self, raw: dict[str, Any], data: st.DataObject
+    ) -> None:
         """Shuffled keys and lists, numbers vs strings, empties and duplicates: same hash."""
         other = data.draw(renderings(raw))
         assert normalise.task(other).document == normalise.task(raw).document
@@ -177,7 +182,9 @@ class TestProperties:
         assert normalise.task(orjson.loads(once.document)).document == once.document
 
     @given(raw_tasks(), st.data())
-    def test_fast_path_matches_general_rules(self, raw: dict[str, Any], data: st.DataObject) -> None:
+    def test_fast_path_matches_general_rules(
+        self, raw: dict[str, Any], data: st.DataObject
+    ) -> None:
         """Whatever the fast path accepts, it normalises exactly as the general rules do."""
         other = data.draw(renderings(raw))
         normalise.task(other)  # warms the time cache, as a real page does
@@ -189,7 +196,7 @@ class TestProperties:
 
     @given(raw_tasks())
     def test_fast_path_takes_the_usual_shape(self, raw: dict[str, Any]) -> None:
-        """A record in the API's usual shape never needs the general rules (once times are known)."""
+        """A record of the API's usual shape never needs the general rules (times once known)."""
         normalise.task(raw)
         assert fastpath.fast_task(raw, raw["task_id"]) is not None
 
@@ -229,8 +236,10 @@ class TestFingerprint:
     def test_stable(self) -> None:
         """The same bad record gives the same fingerprint, whatever its key order."""
         bad = {"task_id": "1", "receivers": "x"}
-        assert normalise.fingerprint(bad) == normalise.fingerprint({"receivers": "x", "task_id": "1"})
-        assert normalise.fingerprint(bad) != normalise.fingerprint({"task_id": "1", "receivers": "y"})
+        same = {"receivers": "x", "task_id": "1"}
+        other = {"task_id": "1", "receivers": "y"}
+        assert normalise.fingerprint(bad) == normalise.fingerprint(same)
+        assert normalise.fingerprint(bad) != normalise.fingerprint(other)
 
     def test_any_json_value(self) -> None:
         """Non-object records have fingerprints too."""
