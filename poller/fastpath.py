@@ -208,13 +208,15 @@ def parse_time(value: str, where: str, task_id: str | None) -> tuple[str, dateti
     # fromisoformat alone also takes "20201119"; insist on a dashed date first.
     if len(value) < 10 or value[4] != "-" or value[7] != "-":
         raise NormaliseError(
-            f"{where} is not a time like 'yyyy-MM-dd HH:mm', got {value!r}", task_id=task_id
+            f"{where} is not a time like 'yyyy-MM-dd HH:mm', got {value!r}", task_id=task_id,
+            kind="bad_time",
         )
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise NormaliseError(
-            f"{where} is not a time like 'yyyy-MM-dd HH:mm', got {value!r}", task_id=task_id
+            f"{where} is not a time like 'yyyy-MM-dd HH:mm', got {value!r}", task_id=task_id,
+            kind="bad_time",
         ) from None
     # Quirk: API times carry no zone and are Beijing time (UTC+8) whatever our own zone is.
     parsed = parsed.replace(tzinfo=BEIJING) if parsed.tzinfo is None else parsed.astimezone(BEIJING)

@@ -81,7 +81,9 @@ def task(raw: object) -> NormalisedTask:
     object, has no non-empty task_id, or has a field whose shape cannot be read.
     """
     if type(raw) is not dict:
-        raise NormaliseError(f"record is not a JSON object but {_json_type(raw)}")
+        raise NormaliseError(
+            f"record is not a JSON object but {_json_type(raw)}", kind="not_object"
+        )
     # Every cycle re-reads the open window, so most records are byte-for-byte what we saw a
     # minute ago: a hash of the record as received finds the earlier result for the price of
     # one dump + hash. Same input, same output: the memo changes speed, never results.
@@ -163,12 +165,13 @@ def task_type(raw: object) -> TypeSnapshot:
     Raises NormaliseError when it is not an object or has no non-empty type_id.
     """
     if not isinstance(raw, dict):
-        raise NormaliseError(f"task type is not a JSON object but {_json_type(raw)}")
+        raise NormaliseError(f"task type is not a JSON object but {_json_type(raw)}",
+                             kind="not_object")
     type_id = raw.get("type_id")
     if isinstance(type_id, int) and not isinstance(type_id, bool):
         type_id = str(type_id)
     if not isinstance(type_id, str) or not type_id:
-        raise NormaliseError(f"task type has no non-empty type_id (got {type_id!r})")
+        raise NormaliseError(f"task type has no non-empty type_id (got {type_id!r})", kind="no_id")
     doc = _object(raw, _TYPE_FIELDS, "", None)
     document = orjson.dumps(doc, option=_DUMP_OPTS)
     return TypeSnapshot(type_id=type_id, hash=_hash(document), document=document)
@@ -199,7 +202,7 @@ def _task_id(raw: dict[str, Any]) -> str:
     # Quirk: ids drift between JSON numbers and strings; a number is the same id.
     if type(value) is int:
         return str(value)
-    raise NormaliseError(f"record has no non-empty task_id (got {value!r})")
+    raise NormaliseError(f"record has no non-empty task_id (got {value!r})", kind="no_id")
 
 
 def _object(
@@ -244,7 +247,8 @@ def _string(value: Any, where: str, task_id: str | None) -> str:
         return str(value)
     if type(value) is float and value.is_integer():
         return str(int(value))
-    raise NormaliseError(f"{where} must be a string, got {_json_type(value)}", task_id=task_id)
+    raise NormaliseError(f"{where} must be a string, got {_json_type(value)}", task_id=task_id,
+                         kind="bad_shape")
 
 
 def _integer(value: Any, where: str, task_id: str | None) -> int:
@@ -258,13 +262,15 @@ def _integer(value: Any, where: str, task_id: str | None) -> int:
             pass
     elif type(value) is float and value.is_integer():
         return int(value)
-    raise NormaliseError(f"{where} must be an integer, got {value!r}", task_id=task_id)
+    raise NormaliseError(f"{where} must be an integer, got {value!r}", task_id=task_id,
+                         kind="bad_number")
 
 
 def _time(value: Any, where: str, task_id: str | None) -> str:
     if type(value) is not str:
         raise NormaliseError(
-            f"{where} must be a time string, got {_json_type(value)}", task_id=task_id
+            f"{where} must be a time string, got {_json_type(value)}", task_id=task_id,
+            kind="bad_time",
         )
     cached = fastpath.TIMES.get(value)
     if cached is None:
@@ -275,20 +281,22 @@ def _time(value: Any, where: str, task_id: str | None) -> str:
 def _person(value: Any, where: str, task_id: str | None) -> dict[str, Any]:
     if type(value) is not dict:
         raise NormaliseError(
-            f"{where} must be an object, got {_json_type(value)}", task_id=task_id
+            f"{where} must be an object, got {_json_type(value)}", task_id=task_id,
+            kind="bad_shape",
         )
     person = _object(value, _PERSON_FIELDS, where + ".", task_id)
     if not person:
         raise _Absent
     if "id" not in person:
-        raise NormaliseError(f"{where} has no id: {value!r}", task_id=task_id)
+        raise NormaliseError(f"{where} has no id: {value!r}", task_id=task_id, kind="bad_shape")
     return person
 
 
 def _receivers(value: Any, where: str, task_id: str | None) -> list[dict[str, Any]]:
     if type(value) is not list:
         raise NormaliseError(
-            f"{where} must be a list of objects, got {_json_type(value)}", task_id=task_id
+            f"{where} must be a list of objects, got {_json_type(value)}", task_id=task_id,
+            kind="bad_shape",
         )
     by_id: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(value):
@@ -307,13 +315,15 @@ def _receivers(value: Any, where: str, task_id: str | None) -> list[dict[str, An
 def _feedback(value: Any, where: str, task_id: str | None) -> list[dict[str, Any]]:
     if type(value) is not list:
         raise NormaliseError(
-            f"{where} must be a list of objects, got {_json_type(value)}", task_id=task_id
+            f"{where} must be a list of objects, got {_json_type(value)}", task_id=task_id,
+            kind="bad_shape",
         )
     entries: dict[tuple[str, str, str], dict[str, Any]] = {}
     for index, item in enumerate(value):
         if type(item) is not dict:
             raise NormaliseError(
-                f"{where}[{index}] must be an object, got {_json_type(item)}", task_id=task_id
+                f"{where}[{index}] must be an object, got {_json_type(item)}", task_id=task_id,
+                kind="bad_shape",
             )
         entry = _object(item, _FEEDBACK_FIELDS, f"{where}[{index}].", task_id)
         if not entry:

@@ -155,14 +155,27 @@ MALFORMED = [
 ]
 
 
+# The metric label of each case (the rest are "bad_shape").
+KINDS = {
+    "list": "not_object", "string": "not_object", "empty-task-id": "no_id",
+    "missing-task-id": "no_id", "bad-time": "bad_time", "words-time": "bad_time",
+    "epoch-time": "bad_time", "feedback-bad-time": "bad_time", "status-word": "bad_number",
+    "status-list": "bad_number",
+}
+
+
 class TestMalformed:
     @pytest.mark.parametrize(("raw", "reason", "task_id"), MALFORMED)
-    def test_rejected_with_reason(self, raw: object, reason: str, task_id: str | None) -> None:
+    def test_rejected_with_reason(
+        self, raw: object, reason: str, task_id: str | None, request: pytest.FixtureRequest
+    ) -> None:
         """A record normalisation cannot read raises NormaliseError naming what is wrong."""
         with pytest.raises(NormaliseError, match=reason) as caught:
             normalise.task(raw)
         assert caught.value.task_id == task_id
         assert caught.value.reason == str(caught.value)
+        case = request.node.callspec.id
+        assert caught.value.kind == KINDS.get(case, "bad_shape")
 
 
 class TestProperties:
