@@ -188,21 +188,34 @@ def event_id(subject: str, event_type: str, content: str) -> str:
 
 
 def encode(event: TaskEvent | TaskTypeChanged, *, source: str) -> OutboundRecord:
-    """The Kafka record of an event: key, CloudEvents binary-mode headers, JSON value."""
-    payload = event.model_dump(mode="json", by_alias=True)
+    """The Kafka record of an event: key, CloudEvents binary-mode headers, JSON value.
+
+    The value is the payload's JSON exactly as the model serialises it (UTF-8, non-ASCII as
+    is, "from"/"to" aliases), written by pydantic-core without a Python dict in between.
+    """
+    value = event.__pydantic_serializer__.to_json(event, by_alias=True)
+    recorded = _rfc3339(event.observed_at)
     if isinstance(event, TaskTypeChanged):
         subject = event.type_id
-        headers = _headers(event.id, source, event.type, subject, payload["observed_at"],
-                           payload["observed_at"], sequence=None)
+        headers = _headers(event.id, source, event.type, subject, recorded, recorded,
+                           sequence=None)
         topic: Literal["tasks", "task-types"] = "task-types"
     else:
         subject = event.task_id
-        happened = payload["modify_time"] or payload["observed_at"]
-        headers = _headers(event.id, source, event.type, subject, happened,
-                           payload["observed_at"], sequence=event.sequence)
+        happened = _rfc3339(event.modify_time) if event.modify_time else recorded
+        headers = _headers(event.id, source, event.type, subject, happened, recorded,
+                           sequence=event.sequence)
         topic = "tasks"
-    return OutboundRecord(topic=topic, key=subject.encode(), value=orjson.dumps(payload),
-                          headers=headers)
+    return OutboundRecord(topic=topic, key=subject.encode(), value=value, headers=headers)
+
+
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _rfc3339(value: datetime) -> str:
+    """A time exactly as it appears in the payload JSON."""
+    text: str = _DATETIME.dump_python(value, mode="json")
+    return text
 
 
 def dead_letter(

@@ -43,7 +43,7 @@ def fast_task(raw: dict[str, Any], task_id: str) -> dict[str, Any] | None:
     if times_seen < 0:
         return None
     ints = _fast_ints(doc)
-    objects = _fast_objects(doc)
+    objects = _fast_objects(doc, task_id)
     if ints < 0 or objects < 0:
         return None
     return _fast_text(doc, ints + objects, times_seen)
@@ -89,7 +89,7 @@ def _fast_ints(doc: dict[str, Any]) -> int:
     return count
 
 
-def _fast_objects(doc: dict[str, Any]) -> int:
+def _fast_objects(doc: dict[str, Any], task_id: str) -> int:
     """Canonicalise receivers, feedback and creator in place; how many, or -1 to bail out."""
     count = 0
     value = doc.get("receivers")
@@ -104,7 +104,7 @@ def _fast_objects(doc: dict[str, Any]) -> int:
             del doc["receivers"]
     value = doc.get("feedback_detail")
     if value is not None:
-        items = _fast_feedback(value) if type(value) is list else None
+        items = _fast_feedback(value, task_id) if type(value) is list else None
         if items is None:
             return -1
         if items:
@@ -177,9 +177,9 @@ def _receiver_id(item: dict[str, Any]) -> str:
     return item["id"]  # type: ignore[no-any-return]
 
 
-def _fast_feedback(value: list[Any]) -> list[dict[str, Any]] | None:
+def _fast_feedback(value: list[Any], task_id: str) -> list[dict[str, Any]] | None:
     entries = []
-    for item in value:
+    for index, item in enumerate(value):
         if type(item) is not dict or len(item) != 3:
             return None
         when = item.get("feedback_time")
@@ -189,8 +189,8 @@ def _fast_feedback(value: list[Any]) -> list[dict[str, Any]] | None:
                 or not when or not visit or not content):
             return None
         cached = TIMES.get(when)
-        if cached is None:  # first sight: the general path parses it (and names the index)
-            return None
+        if cached is None:
+            cached = parse_time(when, f"feedback_detail[{index}].feedback_time", task_id)
         entries.append({
             "feedback_content": content, "feedback_time": cached[0], "feedback_visit_id": visit,
         })
@@ -204,7 +204,15 @@ def _fast_feedback(value: list[Any]) -> list[dict[str, Any]] | None:
 
 
 def parse_time(value: str, where: str, task_id: str | None) -> tuple[str, datetime]:
-    """Read `yyyy-MM-dd HH:mm[:ss]` Beijing time (the API's format) or any ISO 8601 time."""
+    """Read `yyyy-MM-dd HH:mm[:ss]` Beijing time (the API's format) or any ISO 8601 time.
+
+    Returns (canonical RFC 3339 string, aware datetime) and caches it; raises NormaliseError.
+    """
+    # Quirk: the API's times are "yyyy-MM-dd HH:mm", Beijing time (UTC+8), with no zone.
+    if len(value) == 16 and value[10] == " " and value.isascii():
+        parsed = _api_minute(value)
+        if parsed is not None:
+            return _remember(value, (f"{value[:10]}T{value[11:]}:00+08:00", parsed))
     # fromisoformat alone also takes "20201119"; insist on a dashed date first.
     if len(value) < 10 or value[4] != "-" or value[7] != "-":
         raise NormaliseError(
@@ -221,7 +229,22 @@ def parse_time(value: str, where: str, task_id: str | None) -> tuple[str, dateti
     # Quirk: API times carry no zone and are Beijing time (UTC+8) whatever our own zone is.
     parsed = parsed.replace(tzinfo=BEIJING) if parsed.tzinfo is None else parsed.astimezone(BEIJING)
     parsed = parsed.replace(microsecond=0)
-    result = (parsed.isoformat(), parsed)
+    return _remember(value, (parsed.isoformat(), parsed))
+
+
+def _api_minute(value: str) -> datetime | None:
+    """"yyyy-MM-dd HH:mm" as a Beijing datetime, None when it is not exactly that shape."""
+    digits = value[0:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16]
+    if value[4] != "-" or value[7] != "-" or value[13] != ":" or not digits.isdigit():
+        return None
+    try:
+        return datetime(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]),
+                        int(digits[8:10]), int(digits[10:12]), tzinfo=BEIJING)
+    except ValueError:  # out of range (month 13): fromisoformat below reports it
+        return None
+
+
+def _remember(value: str, result: tuple[str, datetime]) -> tuple[str, datetime]:
     if len(TIMES) >= TIMES_MAX:
         TIMES.clear()
     TIMES[value] = result

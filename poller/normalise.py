@@ -107,6 +107,11 @@ def clear_caches() -> None:
     fastpath.TIMES.clear()
 
 
+def clear_memo() -> None:
+    """Forget memoised records only."""
+    _MEMO.clear()
+
+
 def _task(raw: dict[str, Any]) -> NormalisedTask:
     task_id = _task_id(raw)
     doc = fastpath.fast_task(raw, task_id)
