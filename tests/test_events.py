@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller import diff, events, normalise
@@ -118,6 +118,7 @@ class TestDeadLetter:
 
 
 class TestRoundTrip:
+    @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks(), st.data())
     def test_events_survive_encoding(self, raw: dict[str, Any], data: st.DataObject) -> None:
         """Every event decodes from its Kafka record to an equal event, header ids matching."""

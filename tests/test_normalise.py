@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller import fastpath, normalise
@@ -179,6 +179,7 @@ class TestMalformed:
 
 
 class TestProperties:
+    @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks(), st.data())
     def test_equivalent_renderings_hash_alike(
         self, raw: dict[str, Any], data: st.DataObject
@@ -188,12 +189,14 @@ class TestProperties:
         assert normalise.task(other).document == normalise.task(raw).document
         assert normalise.task(other).hash == normalise.task(raw).hash
 
+    @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks())
     def test_idempotent(self, raw: dict[str, Any]) -> None:
         """Normalising a canonical document again gives the same document."""
         once = normalise.task(raw)
         assert normalise.task(orjson.loads(once.document)).document == once.document
 
+    @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks(), st.data())
     def test_fast_path_matches_general_rules(
         self, raw: dict[str, Any], data: st.DataObject
@@ -207,12 +210,14 @@ class TestProperties:
             assert orjson.dumps(fast, option=orjson.OPT_SORT_KEYS) == \
                 orjson.dumps(general, option=orjson.OPT_SORT_KEYS)
 
+    @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks())
     def test_fast_path_takes_the_usual_shape(self, raw: dict[str, Any]) -> None:
         """A record of the API's usual shape never needs the general rules (times once known)."""
         normalise.task(raw)
         assert fastpath.fast_task(raw, raw["task_id"]) is not None
 
+    @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks())
     def test_to_task_reads_every_document(self, raw: dict[str, Any]) -> None:
         """Every canonical document is a valid Task."""
