@@ -9,6 +9,7 @@ from typing import Any, Final
 import orjson
 
 from poller import normalise
+from poller.errors import NormaliseError
 from poller.events import (
     FeedbackAdded,
     FieldChange,
@@ -86,7 +87,7 @@ def observe(
     if silent:
         return Observation([], _snapshot(current, base_version))
     after = orjson.loads(current.document)
-    before = _as_new(after) if previous is None else orjson.loads(previous.document)
+    before = _as_new(after) if previous is None else _previous_document(previous)
     specs = _changes(before, after, current.hash)
     if previous is None:
         specs.insert(0, (TaskCreated, {}, current.hash))
@@ -114,8 +115,13 @@ def observe_type(
     """The TaskTypeChanged of a re-read task type; the first sight of a type is silent."""
     if previous is None or previous.hash == current.hash:
         return []
-    changes = _field_changes(orjson.loads(previous.document), orjson.loads(current.document),
-                             skip=frozenset({"type_id"}))
+    before: dict[str, Any] = orjson.loads(previous.document)
+    if previous.hash != normalise.content_hash(previous.document):  # stored under older rules
+        try:
+            before = orjson.loads(normalise.task_type(before).document)
+        except NormaliseError:
+            pass
+    changes = _field_changes(before, orjson.loads(current.document), skip=frozenset({"type_id"}))
     if not changes:  # only the normalisation changed
         return []
     return [TaskTypeChanged(
@@ -192,6 +198,23 @@ def _new_feedback(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
         for entry in after
         if (key := feedback_key(entry)) not in seen
     ]
+
+
+def _previous_document(previous: Snapshot) -> dict[str, Any]:
+    """The stored document, read under today's normalisation rules.
+
+    A snapshot written by another NORMALISATION_VERSION has a hash that its document no
+    longer reproduces; normalising that document again makes the field diff compare like with
+    like, so a rule change re-baselines silently instead of flooding consumers.
+    """
+    before: dict[str, Any] = orjson.loads(previous.document)
+    if previous.hash == normalise.content_hash(previous.document):
+        return before
+    try:
+        renewed: dict[str, Any] = orjson.loads(normalise.task(before).document)
+    except NormaliseError:  # unreadable under today's rules: compare it as stored
+        return before
+    return renewed
 
 
 def _as_new(after: dict[str, Any]) -> dict[str, Any]:

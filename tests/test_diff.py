@@ -7,6 +7,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -224,6 +225,15 @@ class TestSilent:
     def test_unchanged_hash(self) -> None:
         """The same hash yields no events and nothing to write."""
         assert observe(BEFORE, copy.deepcopy(BEFORE)) is diff.UNCHANGED
+
+    def test_old_representation_does_not_flood(self) -> None:
+        """A snapshot stored under older rules (other time and number forms) yields no events."""
+        old_rules = orjson.dumps({**BEFORE, "receivers": [LM], "feedback_detail": []})
+        previous = Snapshot(task_id="10001", hash="hash-of-normalisation-v0", document=old_rules,
+                            version=3, modify_time=None)
+        result = diff.observe(previous, normalise.task(BEFORE), observed_at=OBSERVED_AT)
+        assert result.events == []
+        assert result.snapshot is not None and result.snapshot.version == 3
 
     def test_new_normalisation_version_does_not_flood(self) -> None:
         """A hash that differs only because the rules changed yields no events."""
