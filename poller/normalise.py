@@ -117,7 +117,11 @@ def _task(raw: dict[str, Any]) -> NormalisedTask:
     doc = fastpath.fast_task(raw, task_id)
     if doc is None:  # something unusual: the general rules decide (or raise)
         doc = _object(raw, _TASK_FIELDS, "", task_id)
-    document = orjson.dumps(doc, option=_DUMP_OPTS)
+    try:
+        document = orjson.dumps(doc, option=_DUMP_OPTS)
+    except TypeError as exc:  # orjson refuses integers beyond 64 bits
+        raise NormaliseError(f"record holds an unreadable value: {exc}", task_id=task_id,
+                             kind="bad_number") from None
     modify = doc.get("modify_time")
     return _new_normalised(
         task_id,

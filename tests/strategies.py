@@ -5,6 +5,8 @@
 - `renderings(raw)`: the same record rendered differently but meaning the same (shuffled keys
   and lists, numbers vs strings, times with ":00" seconds, empty strings and nulls for absent
   fields, duplicated receivers and feedback): it must normalise to the same hash.
+- `garbled_tasks()`: a record whose fields (known or not) hold arbitrary JSON values, for
+  checking that a bad record only ever raises NormaliseError.
 - `mutation_steps(raw)`: one step of a task's life (a non-empty set of changes, always with a
   new modify_time) with the event types DESIGN.md §4 expects from it, in table order.
 """
@@ -131,6 +133,26 @@ def _shuffled_dict(value: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     if "id" in out and rng.random() < 0.5:
         out["id"] = int(out["id"])  # Quirk: ids drift between numbers and strings
     return out
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20) | api_times,
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.sampled_from(["id", "name", "feedback_time", "x"]), children, max_size=3),
+    max_leaves=8,
+)
+KNOWN_KEYS = (*TIME_FIELDS, *CODE_FIELDS, *ID_FIELDS, "receivers", "creator", "feedback_detail",
+              "task_content", "latest_feedback_content", "achievement", "x_unknown")
+
+
+@st.composite
+def garbled_tasks(draw: st.DrawFn) -> dict[str, Any]:
+    """A record (sometimes a valid one) with some fields replaced by arbitrary JSON values."""
+    raw = draw(raw_tasks())
+    for key in draw(st.lists(st.sampled_from(KNOWN_KEYS), unique=True, max_size=4)):
+        raw[key] = draw(json_values)
+    return raw
 
 
 # --- mutations: one step of a task's life and the events it must produce ------------------------

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from poller import fastpath, normalise
 from poller.errors import NormaliseError
 from poller.models import BEIJING, Task
-from tests.strategies import raw_tasks, renderings
+from tests.strategies import garbled_tasks, raw_tasks, renderings
 
 # The queryTask item of the vendor documentation.
 VENDOR_RECORD: dict[str, Any] = {
@@ -150,6 +150,7 @@ MALFORMED = [
     pytest.param(record(task_status="done"), "task_status must be an integer", "10001",
                  id="status-word"),
     pytest.param(record(status=[1]), "status must be an integer", "10001", id="status-list"),
+    pytest.param(record(status=2**70), "unreadable value", "10001", id="status-beyond-64-bits"),
     pytest.param(record(task_content={"a": 1}), "task_content must be a string", "10001",
                  id="content-object"),
 ]
@@ -160,7 +161,7 @@ KINDS = {
     "list": "not_object", "string": "not_object", "empty-task-id": "no_id",
     "missing-task-id": "no_id", "bad-time": "bad_time", "words-time": "bad_time",
     "epoch-time": "bad_time", "feedback-bad-time": "bad_time", "status-word": "bad_number",
-    "status-list": "bad_number",
+    "status-list": "bad_number", "status-beyond-64-bits": "bad_number",
 }
 
 
@@ -223,6 +224,22 @@ class TestProperties:
         """Every canonical document is a valid Task."""
         task = normalise.to_task(normalise.task(raw).document)
         assert task.task_id == raw["task_id"]
+
+
+class TestGarbled:
+    @settings(deadline=None, max_examples=300)
+    @given(garbled_tasks())
+    def test_only_normalise_errors(self, raw: dict[str, Any]) -> None:
+        """Any JSON in any field either normalises (to a valid Task) or raises NormaliseError."""
+        try:
+            result = normalise.task(raw)
+        except NormaliseError as exc:
+            assert exc.reason and exc.kind
+            return
+        assert normalise.to_task(result.document).task_id == result.task_id
+        fast = fastpath.fast_task(raw, result.task_id)
+        if fast is not None:
+            assert orjson.dumps(fast, option=orjson.OPT_SORT_KEYS) == result.document
 
 
 class TestTaskType:
