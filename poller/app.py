@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -77,7 +78,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
         stack.push_async_callback(client.stop)
         poller_task = asyncio.create_task(poller.run(), name="poller")
         stack.push_async_callback(_finish, poller, poller_task, poll.shutdown_grace_s)
-        health.set_loop(poller_task)
+        health.watch(poller_task)
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({poller_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
@@ -89,7 +90,9 @@ async def _finish(poller: Poller, task: asyncio.Task[None], grace_s: float) -> N
     poller.stop()
     done, _ = await asyncio.wait({task}, timeout=grace_s)
     if not done:
-        log.warning("shutdown_grace_exceeded", grace_s=grace_s)
+        # Say where it hung: the in-flight page is cancelled (its commit is shielded).
+        where = "".join(traceback.format_list(traceback.extract_stack(task.get_stack()[-1])))[-1500:]
+        log.warning("shutdown_grace_exceeded", grace_s=grace_s, where=where)
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import socket
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from poller import app, tail
+from poller import app, logs, tail
 from poller.config import Settings
 from poller.localbroker import TansuBroker
 from poller.simulator import Simulator
@@ -22,7 +23,7 @@ DEFAULT_HTTP_PORT = 8080
 
 async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
     """Run everything until Ctrl-C; the state starts fresh each time (the broker is in memory)."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     state = Path(state_dir)
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
@@ -40,12 +41,14 @@ async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
             "POLLER_POLL_INTERVAL": "2", "POLLER_TYPE_REFRESH_SECONDS": "30",
             "POLLER_HTTP_PORT": str(_http_port()), "LOG_FORMAT": "console", "LOG_LEVEL": "WARNING",
         })
+        logs.configure(settings.log, secrets=[APPKEY])
         console.print(f"[bold]waiqin-poller demo[/]: simulator {base_url} ({tasks} tasks, "
                       f"{churn_per_s}/s mutations), broker {broker.bootstrap}, "
                       f"metrics http://127.0.0.1:{settings.http.port}/metrics — Ctrl-C to stop\n")
         daemon = asyncio.create_task(app.run(settings, stop=stop, handle_signals=False))
         viewer = asyncio.create_task(tail.run(settings, types=set(), task_ids=set(),
-                                              from_beginning=True, dead_letters=False, stop=stop))
+                                              from_beginning=True, dead_letters=False, stop=stop,
+                                              printer=console.print))
         await simulator.start_churn(churn_per_s)
         try:
             done, _ = await asyncio.wait({daemon, viewer}, return_when=asyncio.FIRST_COMPLETED)
@@ -55,6 +58,8 @@ async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
             stop.set()
             await asyncio.gather(daemon, viewer, return_exceptions=True)
     finally:
+        # The broker goes last and its clients' reconnect complaints are not news here.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         with contextlib.suppress(Exception):
             await simulator.stop()
         broker.stop()

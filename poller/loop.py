@@ -98,7 +98,7 @@ class Poller:
         """Poll until stopped; failures are logged, counted and backed off, never raised."""
         while not self.should_exit:
             self._leadership = self._store.leadership()
-            self._health.set_leader(False)
+            self._health.set_standby(True)
             try:
                 if not await self._leadership.acquire(self._stop):
                     break
@@ -106,7 +106,7 @@ class Poller:
                 log.warning("leadership_unavailable", error=str(exc))
                 await self._wait(self._settings.poll_interval_s)
                 continue
-            self._health.set_leader(True)
+            self._health.set_standby(False)
             metrics.IS_LEADER.set(1)
             log.info("leadership_acquired")
             try:

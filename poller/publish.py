@@ -236,7 +236,7 @@ class KafkaPublisher:
 
     async def _ensure_topics(self) -> None:
         """Create the topics that do not exist yet; existing ones are used as they are."""
-        admin = AIOKafkaAdminClient(**self._client_options())
+        admin = AIOKafkaAdminClient(**client_options(self._kafka))
         try:
             await admin.start()
             existing = set(await admin.list_topics())
@@ -253,28 +253,10 @@ class KafkaPublisher:
         finally:
             await admin.close()
 
-    def _client_options(self) -> dict[str, Any]:
-        kafka = self._kafka
-        options: dict[str, Any] = {
-            "bootstrap_servers": kafka.bootstrap_servers,
-            "client_id": "waiqin-poller",
-            "request_timeout_ms": kafka.request_timeout_ms,
-            "security_protocol": kafka.security_protocol,
-        }
-        if kafka.security_protocol in ("SSL", "SASL_SSL"):
-            options["ssl_context"] = _ssl_context(kafka)
-        if kafka.security_protocol.startswith("SASL_"):
-            options["sasl_mechanism"] = kafka.sasl_mechanism
-            options["sasl_plain_username"] = kafka.sasl_username
-            options["sasl_plain_password"] = (
-                kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-            )
-        return options
-
     def _producer_options(self) -> dict[str, Any]:
         kafka = self._kafka
         return {
-            **self._client_options(),
+            **client_options(self._kafka),
             "acks": "all",
             "enable_idempotence": kafka.enable_idempotence,
             "compression_type": None if kafka.compression_type == "none" else "gzip",
@@ -283,6 +265,25 @@ class KafkaPublisher:
             # task); bigger batches mean fewer requests and better compression.
             "max_batch_size": MAX_BATCH_BYTES,
         }
+
+
+def client_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection options shared by every aiokafka client (producer, admin, tail's consumer)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": "waiqin-poller",
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = _ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = (
+            kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        )
+    return options
 
 
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:

@@ -7,8 +7,11 @@ from typing import Any
 
 # Fields the real API sends as numbers one day and as numeric strings the next.
 NUMERIC_FIELDS = ("status", "task_status", "execute_demand")
-# An extra field the API may start sending at any time; consumers must keep unknown fields.
-EXTRA_FIELDS = (("ext_region", "华东大区"), ("ext_priority", "2"), ("achievement", ""))
+# Fields the API sometimes sends empty and sometimes leaves out: both mean "absent", so
+# adding them must never look like a change. (Real unknown fields are part of the task data.)
+EMPTY_EXTRA_FIELDS = (("ext_region", ""), ("ext_priority", ""), ("achievement", ""))
+# Lists with set semantics: their order carries no meaning and varies between responses.
+SET_FIELDS = ("receivers", "feedback_detail")
 
 
 class Renderer:
@@ -29,12 +32,14 @@ class Renderer:
                 out[key] = ""
             elif key in NUMERIC_FIELDS:
                 out[key] = value if self.drift and self.rng.random() < 0.5 else str(value)
+            elif key in SET_FIELDS and self.drift and isinstance(value, list):
+                out[key] = self.rng.sample(value, len(value))
             else:
                 out[key] = value
         if not self.drift:
             return out
         if self.rng.random() < 0.05:
-            key, value = self.rng.choice(EXTRA_FIELDS)
+            key, value = self.rng.choice(EMPTY_EXTRA_FIELDS)
             out.setdefault(key, value)
         items = list(out.items())
         self.rng.shuffle(items)  # key order carries no meaning and varies between responses
