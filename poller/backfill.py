@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import date
 
 from rich.console import Console
@@ -10,7 +9,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poller import app
 from poller.config import Settings
-from poller.errors import StoreConflict
 from poller.fetch import Page, WaiqinClient
 from poller.http import HealthState
 from poller.loop import Poller, ScanStats
@@ -21,14 +19,12 @@ from poller.window import days
 
 # How long to wait for a running daemon to release the store before giving up.
 LEADERSHIP_WAIT_S = 15.0
+# Nobody probes a one-shot command; these only satisfy HealthState.
+UNPROBED_S = 24 * 3600.0
 
 
 async def run(settings: Settings, start: date, end: date, *, days_per_request: int) -> ScanStats:
-    """Scan [start, end] in sub-windows, emitting only real changes against the store.
-
-    Holds the store's leadership while it runs, so it never races the daemon's commits: stop
-    the daemon (or scale it to 0) first, or wait for it to release.
-    """
+    """Scan [start, end] in sub-windows, emitting only real changes against the store."""
     console = Console(stderr=True)
     win = Window(modify_from=start, modify_to=end)
     store = open_store(settings.store)
@@ -38,43 +34,34 @@ async def run(settings: Settings, start: date, end: date, *, days_per_request: i
         await publisher.start()
         try:
             async with WaiqinClient(settings.waiqin) as client:
-                return await _scan(settings, console, win, store, publisher, client, days_per_request)
+                poller = Poller(settings.poll, client=client, store=store, publisher=publisher,
+                                health=HealthState(stuck_after_s=UNPROBED_S, ready_window_s=UNPROBED_S),
+                                source=app.event_source(settings))
+                stats = await _scan_with_progress(poller, win, console, days_per_request)
         finally:
             await publisher.stop()
     finally:
         await store.stop()
-
-
-async def _scan(settings: Settings, console: Console, win: Window, store: object,
-                publisher: KafkaPublisher, client: WaiqinClient, days_per_request: int) -> ScanStats:
-    poller = Poller(settings.poll, client=client, store=store,  # type: ignore[arg-type]
-                    publisher=publisher, health=HealthState(stuck_after_s=3600, ready_window_s=3600),
-                    source=app.event_source(settings))
-    leadership = store.leadership()  # type: ignore[attr-defined]
-    try:
-        await asyncio.wait_for(leadership.acquire(asyncio.Event()), LEADERSHIP_WAIT_S)
-    except TimeoutError:
-        raise StoreConflict(
-            "another poller holds the store; stop the daemon (or scale it to 0) during the backfill"
-        ) from None
-    poller._leadership = leadership  # the scan checks it before each commit
-    try:
-        await poller.types.load()
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} days"),
-                      TimeElapsedColumn(), console=console) as progress:
-            bar = progress.add_task("backfill", total=days(win))
-
-            def on_page(page: Page, stats: ScanStats) -> None:
-                assert page.window.modify_from is not None and win.modify_from is not None
-                progress.update(bar, completed=(page.window.modify_from - win.modify_from).days,
-                                description=f"page {page.number} of {page.window.modify_from}: "
-                                            f"{stats.tasks} tasks, {stats.events} events")
-
-            stats = await poller.scan(win, split_days=days_per_request, on_page=on_page)
-            progress.update(bar, completed=days(win))
-    finally:
-        await leadership.release()
-    console.print(f"backfill {win.modify_from} → {win.modify_to}: {stats.pages} pages, "
-                  f"{stats.tasks} tasks read, {stats.changed} changed, {stats.events} events, "
+    console.print(f"backfill {start} → {end}: {stats.pages} pages, {stats.tasks} tasks read, "
+                  f"{stats.changed} changed, {stats.events} events, "
                   f"{stats.dead_letters} dead letters, {stats.repeats} repeats")
+    return stats
+
+
+async def _scan_with_progress(poller: Poller, win: Window, console: Console,
+                              days_per_request: int) -> ScanStats:
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total} days"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("backfill", total=days(win))
+
+        def on_page(page: Page, stats: ScanStats) -> None:
+            assert page.window.modify_from is not None and win.modify_from is not None
+            progress.update(bar, completed=(page.window.modify_from - win.modify_from).days,
+                            description=f"{page.window.modify_from} page {page.number}: "
+                                        f"{stats.tasks} tasks, {stats.events} events")
+
+        stats = await poller.backfill(win, split_days=days_per_request,
+                                      wait_s=LEADERSHIP_WAIT_S, on_page=on_page)
+        progress.update(bar, completed=days(win))
     return stats

@@ -89,8 +89,8 @@ async def _kafka(settings: Settings) -> str:
         await publisher.ping()
     finally:
         await publisher.stop()
-    topics = settings.topics
-    return f"{settings.kafka.bootstrap_servers} reachable; topics {topics.tasks}, {topics.task_types}, {topics.dead_letter}"
+    names = ", ".join((settings.topics.tasks, settings.topics.task_types, settings.topics.dead_letter))
+    return f"{settings.kafka.bootstrap_servers} reachable; topics {names}"
 
 
 def _line(mark: str, item: str, detail: str) -> None:

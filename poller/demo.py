@@ -24,9 +24,7 @@ DEFAULT_HTTP_PORT = 8080
 async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
     """Run everything until Ctrl-C; the state starts fresh each time (the broker is in memory)."""
     console = Console(highlight=False, soft_wrap=True)
-    state = Path(state_dir)
-    shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    state = _fresh_dir(Path(state_dir))
     broker = TansuBroker(Path(tempfile.mkdtemp(prefix="waiqin-demo-broker-")))
     broker.start()
     simulator = Simulator(OPENID, APPKEY, tasks=tasks, days=14)
@@ -63,6 +61,13 @@ async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
         with contextlib.suppress(Exception):
             await simulator.stop()
         broker.stop()
+
+
+def _fresh_dir(path: Path) -> Path:
+    """The demo's state directory, emptied: the broker is in memory, so old state would lie."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def _http_port() -> int:

@@ -149,6 +149,29 @@ class Poller:
         else:
             log.exception("cycle_crashed", error_type=type(exc).__name__)
 
+    async def backfill(self, win: Window, *, split_days: int, wait_s: float,
+                       on_page: Callable[[Page, ScanStats], None] | None = None) -> ScanStats:
+        """Scan one past window as the store's leader (`waiqin-poller backfill`).
+
+        Holding leadership means it never races a daemon's commits; raises StoreConflict when
+        another poller keeps the store for longer than `wait_s`.
+        """
+        leadership = self._store.leadership()
+        try:
+            acquired = await asyncio.wait_for(leadership.acquire(self._stop), wait_s)
+        except TimeoutError:
+            acquired = False
+        if not acquired:
+            await leadership.release()
+            raise StoreConflict("another poller holds the store; stop the daemon (or scale it "
+                                "to 0) for the backfill")
+        self._leadership = leadership
+        try:
+            await self.types.load()
+            return await self.scan(win, split_days=split_days, on_page=on_page)
+        finally:
+            await leadership.release()
+
     async def run_cycle(self) -> ScanStats:
         """One cycle: the first run until it completes, then the open window; commits state."""
         started = self._clock()

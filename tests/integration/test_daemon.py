@@ -13,7 +13,7 @@ import pytest
 
 from poller.simulator import Simulator
 from tests.fixtures.broker import TansuBroker, consume
-from tests.integration.harness import APPKEY, OPENID, Daemon, eventually, events_on, headers, types_of
+from tests.integration.harness import APPKEY, OPENID, Daemon, events_on, eventually, headers, types_of
 
 STATUS_EVENTS = {1: "TaskFeedbackSubmitted", 2: "TaskAccepted", 3: "TaskRejected", 0: "TaskReopened"}
 
@@ -71,20 +71,28 @@ class TestEveryEventType:
             assert baseline == [], "the baseline must be silent"
 
             fresh = pick(sim, 9, status=1, task_status=0)
-            created = sim.store.create_task()["task_id"]
-            expected = {created: "TaskCreated"}
-            sim.store.add_feedback(fresh[0]); expected[fresh[0]] = "FeedbackAdded"
-            sim.store.set_task_status(fresh[1], 2); expected[fresh[1]] = "TaskAccepted"
-            sim.store.set_task_status(fresh[2], 3); expected[fresh[2]] = "TaskRejected"
-            sim.store.set_task_status(fresh[3], 1); expected[fresh[3]] = "TaskFeedbackSubmitted"
-            sim.store.reassign(fresh[4]); expected[fresh[4]] = "TaskReassigned"
-            sim.store.set_deadline(fresh[5]); expected[fresh[5]] = "TaskDeadlineChanged"
-            sim.store.update_fields(fresh[6], task_content="改为：拜访后拍摄陈列照片"); expected[fresh[6]] = "TaskUpdated"
-            sim.store.delete(fresh[7]); expected[fresh[7]] = "TaskDeleted"
             reopened = pick(sim, 1, status=1, task_status=2)[0]
-            sim.store.set_task_status(reopened, 0); expected[reopened] = "TaskReopened"
             deleted = pick(sim, 1, status=0)[0]
-            sim.store.restore(deleted); expected[deleted] = "TaskRestored"
+            store = sim.store
+            created = store.create_task()["task_id"]
+            changes = [
+                (created, None, "TaskCreated"),
+                (fresh[0], store.add_feedback, "FeedbackAdded"),
+                (fresh[1], lambda t: store.set_task_status(t, 2), "TaskAccepted"),
+                (fresh[2], lambda t: store.set_task_status(t, 3), "TaskRejected"),
+                (fresh[3], lambda t: store.set_task_status(t, 1), "TaskFeedbackSubmitted"),
+                (fresh[4], store.reassign, "TaskReassigned"),
+                (fresh[5], store.set_deadline, "TaskDeadlineChanged"),
+                (fresh[6], lambda t: store.update_fields(t, task_content="改为：拜访后拍摄陈列照片"),
+                 "TaskUpdated"),
+                (fresh[7], store.delete, "TaskDeleted"),
+                (reopened, lambda t: store.set_task_status(t, 0), "TaskReopened"),
+                (deleted, store.restore, "TaskRestored"),
+            ]
+            for task_id, mutate, _ in changes:
+                if mutate is not None:
+                    mutate(task_id)
+            expected = {task_id: kind for task_id, _, kind in changes}
 
             def complete(records: list[Any]) -> bool:
                 return all(kind in types_of(records, tid) for tid, kind in expected.items())
@@ -215,7 +223,7 @@ class TestHttpAndLifecycle:
             await daemon.wait_cycles(1)
             assert (await daemon.get("/healthz"))[0] == 200
             await eventually(lambda: _ready(daemon), what="ready")
-            status, text = await daemon.get("/metrics")
+            _, text = await daemon.get("/metrics")
             for name in ("waiqin_poller_cycles_total", "waiqin_poller_cycle_duration_seconds",
                          "waiqin_poller_api_requests_total", "waiqin_poller_tasks_fetched_total",
                          "waiqin_poller_seconds_behind", "waiqin_poller_store_tasks",
