@@ -26,7 +26,7 @@ OBSERVED_AT = datetime(2024, 5, 20, 2, 0, tzinfo=UTC)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
 )
 json_values = st.recursive(
@@ -122,12 +122,14 @@ class _Pages:
 
 async def _scan(pages: list[list[Any]]) -> tuple[MemoryStore, MemoryPublisher]:
     store, publisher = MemoryStore(), MemoryPublisher()
+    await store.start()
+    await publisher.start()
     poller = Poller(PollSettings(), client=_Pages(pages), store=store, publisher=publisher,
                     health=HealthState(stuck_after_s=60, ready_window_s=60), source="fuzz")
     poller._leadership = store.leadership()
     assert await poller._leadership.acquire(asyncio.Event())
     today = datetime.now(UTC).date()
-    await poller.scan(Window(modify_date_from=today, modify_date_to=today))
+    await poller.scan(Window(modify_from=today, modify_to=today))
     return store, publisher
 
 
@@ -137,12 +139,12 @@ class TestPageFuzz:
            st.data())
     def test_duplicates_and_bad_records_in_a_page(self, records: list[Any], data: st.DataObject) -> None:
         """Duplicate task ids and malformed records: good tasks stored, bad ones dead-lettered, no crash."""
-        page = records + [data.draw(st.sampled_from(records))]  # a duplicate task id in the page
+        page = [*records, data.draw(st.sampled_from(records))]  # a duplicate task id in the page
         store, publisher = asyncio.run(_scan([page, list(page)]))
         good = {t.task_id for r in page if (t := _normalised(r)) is not None}
         bad = [r for r in page if _normalised(r) is None]
         assert good <= set(store.snapshots)
-        assert bool(publisher.of("dead_letter")) == bool(bad)
+        assert bool(publisher.of("dead-letter")) == bool(bad)
         created = [r for r in publisher.of("tasks") if dict(r.headers).get("ce_type") == b"TaskCreated"]
         assert len(created) == len(good), "one TaskCreated per distinct task, never twice"
 
@@ -179,9 +181,8 @@ class TestConfigFuzz:
         try:
             loaded = Settings.load(env)
         except ConfigError as exc:
-            named = [name for name in [*CONFIG_NAMES] if name in str(exc)]
+            named = [name for name in CONFIG_NAMES if name in str(exc)]
             assert named, f"the error names no variable: {exc}"
-            assert "k" not in str(exc).split() or env["WAIQIN_APPKEY"] != "k" or True
             return
         assert isinstance(loaded, Settings)
 
