@@ -302,6 +302,18 @@ offsets only after processing.
 - Python consumers can use the models directly: `poller.events.decode(record)` returns the
   typed event (`TaskAccepted`, …, or `DeadLetter`) of a consumed aiokafka record.
 
+## A consumer in Python
+
+`examples/consumer.py` is a short, runnable consumer (aiokafka, with the `poller` package
+installed for its event models): it joins a consumer group, reads `waiqin365.tasks`, skips
+`ce_id`s it has already seen (a bounded LRU), decodes each record with
+`poller.events.decode`, dispatches on the event type and commits offsets after each
+processed batch.
+
+```console
+python examples/consumer.py --bootstrap localhost:9092 --prefix waiqin365 --group my-service
+```
+
 ## Event types
 
 | event | topic | when |
@@ -311,8 +323,12 @@ offsets only after processing.
 | `TaskReassigned` | tasks | receivers changed |
 | `TaskDeadlineChanged` | tasks | feedback_deadline changed |
 | `FeedbackAdded` | tasks | a new feedback entry |
-| `TaskFeedbackSubmitted`/`Accepted`/`Rejected`/`Reopened` | tasks | task_status→1/2/3/0 |
-| `TaskDeleted` / `TaskRestored` | tasks | status 1 → 0 / 0 → 1 |
+| `TaskFeedbackSubmitted` | tasks | task_status → 1 (feedback given) |
+| `TaskAccepted` | tasks | task_status → 2 (accepted) |
+| `TaskRejected` | tasks | task_status → 3 (feedback rejected) |
+| `TaskReopened` | tasks | task_status → 0 (awaiting feedback) |
+| `TaskDeleted` | tasks | status 1 → 0 |
+| `TaskRestored` | tasks | status 0 → 1 |
 | `TaskTypeChanged` | task-types | a task type definition changed |
 | `DeadLetter` | poller.dead-letter | a record could not be read |
 
