@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import jsonschema
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from poller import events
@@ -56,6 +58,12 @@ class TestCatalogue:
         for name, record in records.items():
             assert dict(record.headers)["ce_type"] == name.encode()
             assert type(events.decode(record)).__name__ == name
+
+    def test_examples_match_published_schemas(self) -> None:
+        """Each example value is valid against its JSON Schema in poller/schemas/."""
+        for name, record in _records().items():
+            schema = json.loads((ROOT / "poller" / "schemas" / f"{name}.json").read_text())
+            jsonschema.Draft202012Validator(schema).validate(json.loads(record.value))
 
 
 class TestRecentIds:
