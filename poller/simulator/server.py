@@ -239,6 +239,13 @@ class Simulator:
         return records
 
     def _malformed(self, fault: Fault) -> Any:
+        # One fault, one bad record: a real bad row comes back unchanged on every scan, and the
+        # poller must dead-letter it once per distinct content, not once per cycle.
+        if "record" not in fault.params:
+            fault.params["record"] = self._new_malformed(fault)
+        return fault.params["record"]
+
+    def _new_malformed(self, fault: Fault) -> Any:
         variant = fault.params.get("variant") or self._rng.choice(MALFORMED_VARIANTS)
         if variant == "not_object":
             return ["not", "an", "object"]
