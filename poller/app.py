@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import traceback
 from collections.abc import Awaitable, Callable
+from typing import Any
 from contextlib import AsyncExitStack
 
 import structlog
@@ -91,12 +91,23 @@ async def _finish(poller: Poller, task: asyncio.Task[None], grace_s: float) -> N
     done, _ = await asyncio.wait({task}, timeout=grace_s)
     if not done:
         # Say where it hung: the in-flight page is cancelled (its commit is shielded).
-        where = "".join(traceback.format_list(traceback.extract_stack(task.get_stack()[-1])))[-1500:]
-        log.warning("shutdown_grace_exceeded", grace_s=grace_s, where=where)
+        log.warning("shutdown_grace_exceeded", grace_s=grace_s, awaiting=_awaiting(task))
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     log.info("stopped")
+
+
+def _awaiting(task: asyncio.Task[None]) -> list[str]:
+    """The chain of awaits a task is stuck in, innermost last (get_stack shows only the top)."""
+    chain: list[str] = []
+    awaitable: Any = task.get_coro()
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return chain
 
 
 async def _start_with_retry(name: str, start: Callable[[], Awaitable[None]], stop: asyncio.Event,
