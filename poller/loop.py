@@ -108,7 +108,6 @@ class Poller:
                 continue
             self._health.set_standby(False)
             metrics.IS_LEADER.set(1)
-            log.info("leadership_acquired")
             try:
                 await self._poll_while_leader()
             finally:
@@ -116,8 +115,7 @@ class Poller:
                 await self._leadership.release()
 
     async def _poll_while_leader(self) -> None:
-        await self.types.load()
-        self._last_success = (await self._store.load_state()).last_success_started_at
+        self.types.reset()  # another leader may have changed the stored types meanwhile
         failures = 0
         while not self.should_exit:
             started = time.monotonic()
@@ -167,7 +165,7 @@ class Poller:
                                 "to 0) for the backfill")
         self._leadership = leadership
         try:
-            await self.types.load()
+            await self.types.load_once()
             return await self.scan(win, split_days=split_days, on_page=on_page)
         finally:
             await leadership.release()
@@ -178,6 +176,9 @@ class Poller:
         self._health.cycle_started()
         with metrics.CYCLE_DURATION.time():
             state = await self._store.load_state()
+            if self._last_success is None:
+                self._last_success = state.last_success_started_at
+            await self.types.load_once()
             await self.types.refresh_if_due(self._publish)
             if state.baseline_complete:
                 stats, state = await self._steady_cycle(state, started)

@@ -49,12 +49,23 @@ class TaskTypeCatalog:
         self._missing: set[str] = set()  # ids the API did not return; asked again on refresh
         self._refused = False
         self._next_refresh = 0.0
+        self._is_loaded = False
 
-    async def load(self) -> None:
-        """Read the stored types (once, at start)."""
+    def reset(self) -> None:
+        """Forget what is cached; the next load_once() reads the store again."""
+        self._known.clear()
+        self._names.clear()
+        self._missing.clear()
+        self._is_loaded = False
+
+    async def load_once(self) -> None:
+        """Read the stored types, unless already loaded."""
+        if self._is_loaded:
+            return
         for snapshot in (await self._store.get_types(None)).values():
             self._remember(snapshot)
         self._next_refresh = time.monotonic() + self._refresh_s
+        self._is_loaded = True
 
     async def names_for(self, type_ids: Collection[str]) -> dict[str, str | None]:
         """Names of these types, fetching the ones never seen; missing names are None."""
