@@ -260,15 +260,21 @@ class TestRun:
             rig.poller.stop()
             await asyncio.wait_for(task, 5)
 
-    async def test_lost_leadership_goes_back_to_standby(self, make_rig: Callable[..., Any]) -> None:
-        """When the lock is lost mid-run, the poller waits for it again instead of polling."""
+    async def test_lost_leadership_is_regained_before_polling_again(
+            self, make_rig: Callable[..., Any]) -> None:
+        """A cycle that finds its lock lost fails before committing; polling resumes once the
+        lock is acquired again, and the change is published then."""
         rig = await make_rig()
         task = asyncio.create_task(rig.poller.run())
         try:
             await _until(lambda: rig.health.last_success_at is not None)
+            failures = metric("waiqin_poller_cycles_total", outcome="failure")
+            task_id = rig.fresh(1)[0]
             rig.store.revoke_leadership()
-            rig.sim.store.add_feedback(rig.fresh(1)[0])
-            await _until(lambda: rig.health.last_error is not None and "leader" in rig.health.last_error)
+            rig.sim.store.add_feedback(task_id)
+            await _until(lambda: bool(rig.store.snapshots[task_id].version))
+            assert metric("waiqin_poller_cycles_total", outcome="failure") > failures
+            assert "FeedbackAdded" in [dict(r.headers)["ce_type"].decode() for r in rig.records_of(task_id)]
         finally:
             rig.poller.stop()
             await asyncio.wait_for(task, 5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -21,7 +21,7 @@ def bj(*args: int) -> datetime:
 class TestBeijingDate:
     def test_utc_evening_is_next_beijing_day(self) -> None:
         """16:30 UTC is already the next day in Beijing."""
-        assert window.beijing_date(datetime(2026, 3, 1, 16, 30, tzinfo=timezone.utc)) == date(2026, 3, 2)
+        assert window.beijing_date(datetime(2026, 3, 1, 16, 30, tzinfo=UTC)) == date(2026, 3, 2)
 
 
 class TestFirstRun:
