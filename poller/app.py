@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 from contextlib import AsyncExitStack
+from typing import Any
 
 import structlog
 
