@@ -52,8 +52,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
     client = WaiqinClient(settings.waiqin)
     poller = Poller(poll, client=client, store=store, publisher=publisher, health=health,
                     source=event_source(settings))
-    if settings.waiqin.is_cleartext_remote:
-        log.warning("insecure_base_url", base_url=settings.waiqin.base_url)
     async with AsyncExitStack() as stack:
         server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping])
         await server.start()

@@ -82,6 +82,7 @@ class Poller:
         self._stop = asyncio.Event()
         self._leadership: Leadership | None = None
         self._last_success: datetime | None = None
+        self._cycle_number = 0
         self.types = TaskTypeCatalog(client, store, refresh_s=settings.type_refresh_s,
                                      source=source, clock=clock)
         metrics.SECONDS_BEHIND.set_function(self._seconds_behind)
@@ -172,6 +173,11 @@ class Poller:
 
     async def run_cycle(self) -> ScanStats:
         """One cycle: the first run until it completes, then the open window; commits state."""
+        self._cycle_number += 1
+        with structlog.contextvars.bound_contextvars(cycle=self._cycle_number):
+            return await self._run_cycle()
+
+    async def _run_cycle(self) -> ScanStats:
         started = self._clock()
         self._health.cycle_started()
         with metrics.CYCLE_DURATION.time():
@@ -187,7 +193,6 @@ class Poller:
             await self._store.save_state(state)
         self._last_success = started
         metrics.CYCLES.labels("success").inc()
-        metrics.LAST_SUCCESS.set(started.timestamp())
         metrics.STORE_TASKS.set(await self._store.count_tasks())
         self._health.cycle_succeeded(self._clock())
         log.info("cycle_completed", pages=stats.pages, tasks=stats.tasks, changed=stats.changed,
