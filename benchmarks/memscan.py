@@ -1,0 +1,102 @@
+"""Memory benchmark worker: `memscan.py prefill DB N` stores N tasks; `memscan.py scan DB N` scans N.
+
+The scan prints one JSON line: {"scanned", "start_mb", "peak_mb"} (peak RSS from getrusage). It
+runs as its own process so the figure is the poller's alone (no simulator, no prefill garbage).
+Pages come from an in-process source (the same records bench_diff uses), not HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_diff import OBSERVED_AT, record  # noqa: E402
+from benchmarks.common import in_process_poller, settings  # noqa: E402
+from poller import diff, normalise  # noqa: E402
+from poller.fetch import Page  # noqa: E402
+from poller.models import Window  # noqa: E402
+
+PAGE = 1000
+
+
+def records(count: int) -> Iterator[dict[str, Any]]:
+    rng = random.Random(42)  # the same sequence in prefill and scan: stored tasks are unchanged
+    for i in range(count):
+        yield record(i, rng)
+
+
+class Source:
+    """Pages of generated records, built lazily (one page in memory at a time, like HTTP)."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    async def iter_pages(self, window: Window, *, split_days: int | None = None) -> AsyncIterator[Page]:
+        page: list[Any] = []
+        number = 1
+        for raw in records(self._count):
+            # Through bytes and back, as records arrive from the API.
+            page.append(orjson.loads(orjson.dumps(raw)))
+            if len(page) == PAGE:
+                yield Page(window, number, page)
+                page, number = [], number + 1
+        yield Page(window, number, page)
+
+    async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
+        return []
+
+
+def rss_mb() -> float:
+    """Peak RSS so far. VmHWM, not getrusage: ru_maxrss survives exec (a child starts with the
+    parent's peak), VmHWM is this program's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB; not Linux /proc
+
+
+async def prefill(db: Path, count: int) -> None:
+    poller, client, store = await in_process_poller(settings("http://127.0.0.1:1", f"sqlite:///{db}"))
+    try:
+        batch = []
+        for raw in records(count):
+            snapshot = diff.observe(None, normalise.task(raw), observed_at=OBSERVED_AT, silent=True).snapshot
+            assert snapshot is not None
+            batch.append(snapshot)
+            if len(batch) == 5000:
+                await store.commit_page(batch, [])
+                batch = []
+        if batch:
+            await store.commit_page(batch, [])
+    finally:
+        await client.stop()
+        await store.stop()
+
+
+async def scan(db: Path, count: int) -> None:
+    poller, client, store = await in_process_poller(
+        settings("http://127.0.0.1:1", f"sqlite:///{db}"), source=Source(count))
+    try:
+        start = rss_mb()
+        stats = await poller.scan(Window(), silent_new=True)
+        print(orjson.dumps({"scanned": stats.tasks, "start_mb": start, "peak_mb": rss_mb()}).decode())
+    finally:
+        await client.stop()
+        await store.stop()
+
+
+if __name__ == "__main__":
+    if os.environ.get("BENCH_MEMO_MAX"):  # what-if: a smaller normalise memo (see RESULTS.md)
+        normalise._MEMO_MAX = int(os.environ["BENCH_MEMO_MAX"])  # type: ignore[misc]
+    action, path, number = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    asyncio.run(prefill(path, number) if action == "prefill" else scan(path, number))
