@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
 
@@ -23,6 +23,7 @@ from tenacity import (
 )
 
 from poller import metrics
+from poller import window as windows
 from poller.config import WaiqinSettings
 from poller.errors import (
     AUTH_CAUSES,
@@ -144,7 +145,7 @@ class WaiqinClient:
         sub-windows of at most that many days, oldest first (bounded result sets for backfills).
         Raises SourceResponseError when a full page repeats the previous page's task_ids.
         """
-        for sub in split_window(window, split_days):
+        for sub in windows.split(window, split_days) if split_days else [window]:
             async for page in self._scan(sub):
                 yield page
 
@@ -242,22 +243,6 @@ class WaiqinClient:
 
 
 # --- pure helpers: windows, decoding, error mapping --------------------------------------------
-
-
-def split_window(window: Window, split_days: int | None) -> list[Window]:
-    """`window` as consecutive sub-windows of at most `split_days` modify-days, oldest first."""
-    if split_days is None or window.modify_from is None or window.modify_to is None:
-        return [window]
-    if split_days < 1:
-        raise ValueError(f"split_days must be at least 1, got {split_days}")
-    subs = []
-    start = window.modify_from
-    while start <= window.modify_to:
-        end = min(start + timedelta(days=split_days - 1), window.modify_to)
-        subs.append(Window(modify_from=start, modify_to=end,
-                           create_from=window.create_from, create_to=window.create_to))
-        start = end + timedelta(days=1)
-    return subs
 
 
 def _task_ids(records: list[Any]) -> list[Any]:

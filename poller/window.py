@@ -61,6 +61,8 @@ def days(window: Window) -> int:
 
 def split(window: Window, span_days: int) -> list[Window]:
     """Consecutive sub-windows of at most `span_days` days, oldest first (for backfills)."""
+    if span_days < 1:
+        raise ValueError(f"span_days must be at least 1, got {span_days}")
     if window.modify_from is None or window.modify_to is None:
         return [window]
     parts = []

@@ -28,7 +28,6 @@ from poller.fetch import (
     WaiqinClient,
     _decode,
     map_transport_error,
-    split_window,
 )
 from poller.models import Window, beijing_now
 from poller.simulator import Simulator
@@ -228,21 +227,6 @@ class TestPageGuards:
 
 
 class TestSplitDays:
-    def test_split_window(self) -> None:
-        """Five days split by two give [d0,d1], [d2,d3], [d4], keeping the create bounds."""
-        d0 = date(2024, 1, 30)
-        window = Window(modify_from=d0, modify_to=d0 + timedelta(days=4), create_from=d0)
-        subs = split_window(window, 2)
-        assert [(s.modify_from, s.modify_to) for s in subs] == [
-            (d0, d0 + timedelta(days=1)), (d0 + timedelta(days=2), d0 + timedelta(days=3)),
-            (d0 + timedelta(days=4), d0 + timedelta(days=4))]
-        assert all(s.create_from == d0 for s in subs)
-
-    def test_open_window_not_split(self) -> None:
-        """A window without both modify bounds is scanned as given."""
-        window = Window(modify_from=date(2024, 1, 1))
-        assert split_window(window, 1) == [window]
-
     async def test_split_scan_reads_same_tasks(self, simulator: Simulator,
                                                waiqin_settings: WaiqinSettings) -> None:
         """A split scan covers the same tasks as one scan, oldest sub-window first."""

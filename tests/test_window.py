@@ -95,3 +95,22 @@ class TestSplit:
         covered = [p.modify_from + timedelta(days=i) for p in parts  # type: ignore[operator]
                    for i in range(window.days(p))]
         assert covered == [date(2026, 1, 1) + timedelta(days=i) for i in range(10)]
+
+    def test_create_bounds_are_kept(self) -> None:
+        """Five days split by two give [d0,d1], [d2,d3], [d4], keeping the create bounds."""
+        d0 = date(2024, 1, 30)
+        parts = window.split(Window(modify_from=d0, modify_to=d0 + timedelta(days=4), create_from=d0), 2)
+        assert [(p.modify_from, p.modify_to) for p in parts] == [
+            (d0, d0 + timedelta(days=1)), (d0 + timedelta(days=2), d0 + timedelta(days=3)),
+            (d0 + timedelta(days=4), d0 + timedelta(days=4))]
+        assert all(p.create_from == d0 for p in parts)
+
+    def test_open_window_is_not_split(self) -> None:
+        """A window without both modify bounds is scanned as given."""
+        win = Window(modify_from=date(2024, 1, 1))
+        assert window.split(win, 1) == [win]
+
+    def test_span_must_be_positive(self) -> None:
+        """A span below one day is a programming error, said clearly."""
+        with pytest.raises(ValueError, match="at least 1"):
+            window.split(Window(), 0)
