@@ -43,6 +43,10 @@ async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
         console.print(f"[bold]waiqin-poller demo[/]: simulator {base_url} ({tasks} tasks, "
                       f"{churn_per_s}/s mutations), broker {broker.bootstrap}, "
                       f"metrics http://127.0.0.1:{settings.http.port}/metrics — Ctrl-C to stop\n")
+        # Ctrl-C is how a demo ends: stop everything in order and exit 0.
+        loop = asyncio.get_running_loop()
+        for sig in app.HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
         daemon = asyncio.create_task(app.run(settings, stop=stop, handle_signals=False))
         viewer = asyncio.create_task(tail.run(settings, types=set(), task_ids=set(),
                                               from_beginning=True, dead_letters=False, stop=stop,
