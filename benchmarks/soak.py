@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,6 +36,7 @@ from poller.localbroker import TansuBroker  # noqa: E402
 from poller.models import Task  # noqa: E402
 from poller.simulator import Simulator  # noqa: E402
 from poller.simulator.faults import Fault  # noqa: E402
+from tests.fixtures.broker import consume  # noqa: E402
 from tests.integration.harness import APPKEY, OPENID, Daemon, eventually  # noqa: E402
 
 PREFIX = "soak"
@@ -75,6 +77,8 @@ class Collector:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
+        self.last_check: Any = None
+        self.errors: list[str] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -105,14 +109,23 @@ class Collector:
                             self.records[(self.generation, tp.topic, tp.partition, r.offset)] = r
             except asyncio.CancelledError:
                 raise
-            except Exception:  # broker down: try again shortly
+            except Exception as exc:  # broker down: try again shortly
+                self.errors.append(repr(exc)[:200])
                 await asyncio.sleep(0.2)  # retry pacing while the broker is away
             finally:
                 self._consumer = None
                 with contextlib.suppress(Exception):
                     await consumer.stop()
 
+    async def sweep(self) -> None:
+        """Read the current broker from its beginning with a fresh consumer and merge: whatever
+        the background consumer has not fetched yet is collected before the broker goes away."""
+        for topic in TOPICS:
+            for r in await consume(self.bootstrap, topic, timeout_s=1.5):
+                self.records[(self.generation, topic, r.partition, r.offset)] = r
+
     async def caught_up(self) -> bool:
+        """Every record the current broker holds has been collected."""
         consumer = self._consumer
         if consumer is None:
             return False
@@ -120,11 +133,12 @@ class Collector:
         if not parts:
             return False
         ends = await consumer.end_offsets(parts)
-        assigned = consumer.assignment()
-        for tp, end in ends.items():
-            if tp not in assigned or await consumer.position(tp) < end:
-                return False
-        return True
+        got: dict[tuple[str, int], int] = defaultdict(int)
+        for gen, topic, partition, _ in list(self.records):
+            if gen == self.generation:
+                got[(topic, partition)] += 1
+        self.last_check = (dict(got), {(tp.topic, tp.partition): e for tp, e in ends.items()})
+        return all(got[(tp.topic, tp.partition)] >= end for tp, end in ends.items())
 
 
 class Soak:
@@ -174,12 +188,13 @@ class Soak:
         """Quiesce, drain the collector, stop the broker, churn while it is down, start it again."""
         await self.sim.stop_churn()
         await self.wait_cycles(2)
-        await eventually(self.collector.caught_up, timeout_s=30, what="collector caught up")
+        await self.collector.sweep()
         self.broker.stop()
         await self.sim.start_churn(self.churn_per_s)
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))  # the outage itself: a duration, not a sync
         self.collector.generation += 1
         self.broker.start()
+        await create_topics(self.broker.bootstrap)
         self.collector.resubscribe()
         self.report.outages += 1
 
@@ -198,10 +213,10 @@ class Soak:
             base_url=self.sim.base_url, bootstrap=self.broker.bootstrap,
             store_url=f"sqlite:///{self.work / 'soak.db'}", prefix=PREFIX, log_dir=self.work,
             POLLER_POLL_INTERVAL=str(self.interval), POLLER_TOPIC_PARTITIONS="1", LOG_LEVEL="WARNING")
-        self.collector.start()
         try:
             self.daemon.start()
             await self.wait_cycles(2)  # the silent baseline: churn starts after it
+            self.collector.start()  # after the daemon created the topics (one partition each)
             self.first_seq = len(self.sim.ledger)
             # A mutation can be a no-op (restore of a live task, the same status again): such a
             # task rightly has no event, and its final state must equal this one.
@@ -233,7 +248,8 @@ class Soak:
         return self.report
 
     async def _settled(self) -> bool:
-        return bool(await self.collector.caught_up()) and not self._lost()
+        await self.collector.sweep()
+        return not self._lost()
 
     def _final_tasks(self) -> dict[str, dict[str, Any]]:
         mutated = {e["task_id"] for e in self.sim.ledger[self.first_seq:] if e["task_id"]}
@@ -292,6 +308,17 @@ class Soak:
                             for d in set(injected) - dead]
 
 
+async def create_topics(bootstrap: str) -> None:
+    """One partition each, before any client's metadata request makes Tansu auto-create them
+    with its own partition count (Tansu forgets its topics when it stops)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, 1, 1) for t in TOPICS])
+    finally:
+        await admin.close()
+
+
 def _delta(final: dict[str, Any], seen: dict[str, Any] | None) -> str:
     if seen is None:
         return "no event at all"
@@ -320,10 +347,11 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--churn", type=float, default=8.0, help="mutations per second")
+    parser.add_argument("--work", type=Path, help="keep logs and the store here")
     args = parser.parse_args()
     started = time.monotonic()
     report = asyncio.run(soak(args.cycles, args.kills, args.outages, interval=args.interval,
-                              seed=args.seed, churn_per_s=args.churn))
+                              seed=args.seed, churn_per_s=args.churn, work=args.work))
     print(report.line() + f" duration={time.monotonic() - started:.0f}s")
     for problem in report.problems[:30]:
         print("  problem:", problem)
