@@ -1,0 +1,59 @@
+"""The daemon in-process: start order, waiting out a broker that is down at start, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from poller import app
+from poller.config import Settings
+from poller.localbroker import TansuBroker, free_port
+from poller.simulator import Simulator
+from tests.fixtures.simulator import APPKEY, OPENID
+
+
+async def status(port: int, path: str) -> int:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(total=2)) as response:
+            return response.status
+    except aiohttp.ClientError:
+        return 0
+
+
+async def until_status(port: int, path: str, expected: int, timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (got := await status(port, path)) != expected:  # polling an endpoint under a deadline
+        assert asyncio.get_running_loop().time() < deadline, f"{path} is {got}, not {expected}"
+        await asyncio.sleep(0.05)
+
+
+class TestStartup:
+    async def test_waits_out_a_broker_that_is_down_at_start(
+            self, make_simulator: object, tmp_path: Path) -> None:
+        """Probes answer at once; readiness waits for the broker; SIGTERM-style stop is clean."""
+        sim: Simulator = await make_simulator(tasks=10, days=2)  # type: ignore[operator]
+        broker = TansuBroker(tmp_path)  # not started yet: its port refuses connections
+        port = free_port()
+        settings = Settings.load({
+            "WAIQIN_BASE_URL": sim.base_url, "WAIQIN_OPENID": OPENID, "WAIQIN_APPKEY": APPKEY,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            "KAFKA_REQUEST_TIMEOUT_MS": "1000", "POLLER_STORE_URL": f"sqlite:///{tmp_path / 'a.db'}",
+            "POLLER_POLL_INTERVAL": "0.2", "POLLER_HTTP_PORT": str(port),
+            "POLLER_MAX_BACKOFF_SECONDS": "1",
+        })
+        stop = asyncio.Event()
+        daemon = asyncio.create_task(app.run(settings, stop=stop, handle_signals=False))
+        try:
+            await until_status(port, "/healthz", 200)
+            assert await status(port, "/readyz") == 503
+            assert not daemon.done()
+            broker.start()
+            await until_status(port, "/readyz", 200)
+        finally:
+            stop.set()
+            await asyncio.wait_for(daemon, 30)
+            broker.stop()
+        assert await status(port, "/healthz") == 0, "the health server stops last"
