@@ -20,11 +20,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_diff import OBSERVED_AT, record  # noqa: E402
-from benchmarks.common import in_process_poller, settings  # noqa: E402
-from poller import diff, normalise  # noqa: E402
-from poller.fetch import Page  # noqa: E402
-from poller.models import Window  # noqa: E402
+from benchmarks.bench_diff import OBSERVED_AT, record
+from benchmarks.common import in_process_poller, settings
+from poller import diff, normalise
+from poller.fetch import Page
+from poller.models import Window
 
 PAGE = 1000
 
@@ -66,7 +66,7 @@ def rss_mb() -> float:
 
 
 async def prefill(db: Path, count: int) -> None:
-    poller, client, store = await in_process_poller(settings("http://127.0.0.1:1", f"sqlite:///{db}"))
+    _poller, client, store = await in_process_poller(settings("http://127.0.0.1:1", f"sqlite:///{db}"))
     try:
         batch = []
         for raw in records(count):

@@ -33,11 +33,15 @@ import xxhash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    ROOT, in_process_poller, settings, simulator_process, simulator_requests,
+from benchmarks.common import (
+    ROOT,
+    in_process_poller,
+    settings,
+    simulator_process,
+    simulator_requests,
 )
-from poller.fetch import JSON_CONTENT_TYPE, QUERY_TASK, WaiqinClient  # noqa: E402
-from poller.models import Window  # noqa: E402
+from poller.fetch import JSON_CONTENT_TYPE, QUERY_TASK, WaiqinClient
+from poller.models import Window
 
 ROWS = 1000
 
@@ -118,9 +122,10 @@ async def bench_unchanged(tasks: int, work: Path, rounds: int) -> dict[str, Any]
 # --- changed path: publishing ------------------------------------------------------------------
 
 def encoded_events(count: int) -> list[Any]:
+    import random
+
     from benchmarks.bench_diff import OBSERVED_AT, record
     from poller import diff, events, normalise
-    import random
 
     rng = random.Random(3)
     out: list[Any] = []

@@ -31,13 +31,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poller import normalise  # noqa: E402
-from poller.localbroker import TansuBroker  # noqa: E402
-from poller.models import Task  # noqa: E402
-from poller.simulator import Simulator  # noqa: E402
-from poller.simulator.faults import Fault  # noqa: E402
-from tests.fixtures.broker import consume  # noqa: E402
-from tests.integration.harness import APPKEY, OPENID, Daemon, eventually  # noqa: E402
+from poller import normalise
+from poller.localbroker import TansuBroker
+from poller.models import Task
+from poller.simulator import Simulator
+from poller.simulator.faults import Fault
+from tests.fixtures.broker import consume
+from tests.integration.harness import APPKEY, OPENID, Daemon, eventually
 
 PREFIX = "soak"
 TOPICS = (f"{PREFIX}.tasks", f"{PREFIX}.poller.dead-letter")
@@ -261,7 +261,7 @@ class Soak:
 
     def _newest(self) -> dict[str, dict[str, Any]]:
         newest: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
-        for (gen, topic, _, offset), record in self.records(TOPICS[0]):
+        for (gen, _topic, _, offset), record in self.records(TOPICS[0]):
             h = dict(record.headers)
             order = (int(h["ce_sequence"]), gen, offset)
             tid = h["ce_subject"].decode()
