@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,7 +77,6 @@ class Collector:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._resubscribe = asyncio.Event()
-        self.last_check: Any = None
         self.errors: list[str] = []
 
     def start(self) -> None:
@@ -123,22 +122,6 @@ class Collector:
         for topic in TOPICS:
             for r in await consume(self.bootstrap, topic, timeout_s=1.5):
                 self.records[(self.generation, topic, r.partition, r.offset)] = r
-
-    async def caught_up(self) -> bool:
-        """Every record the current broker holds has been collected."""
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        parts = [TopicPartition(t, p) for t in TOPICS for p in (consumer.partitions_for_topic(t) or ())]
-        if not parts:
-            return False
-        ends = await consumer.end_offsets(parts)
-        got: dict[tuple[str, int], int] = defaultdict(int)
-        for gen, topic, partition, _ in list(self.records):
-            if gen == self.generation:
-                got[(topic, partition)] += 1
-        self.last_check = (dict(got), {(tp.topic, tp.partition): e for tp, e in ends.items()})
-        return all(got[(tp.topic, tp.partition)] >= end for tp, end in ends.items())
 
 
 class Soak:
