@@ -252,12 +252,16 @@ class Poller:
                             silent_new: bool, previous_scan: datetime | None) -> None:
         tasks, rejects = self._normalise_page(page, stats, seen)
         observed_at = self._clock()
-        previous = await self._store.get_snapshots(list(tasks))
-        names = await self.types.names_for({t.type_id for t in tasks.values() if t.type_id})
+        # The fast path: an unchanged task costs one hash compare; only the others are read
+        # in full and diffed field by field.
+        stored = await self._store.get_hashes(list(tasks))
+        different = [t for t in tasks.values() if stored.get(t.task_id) != t.hash]
+        previous = await self._store.get_snapshots([t.task_id for t in different if t.task_id in stored])
+        names = await self.types.names_for({t.type_id for t in different if t.type_id})
         writes: list[Snapshot] = []
         records: list[OutboundRecord] = []
         changed = 0
-        for task in tasks.values():
+        for task in different:
             before = previous.get(task.task_id)
             observation = diff.observe(
                 before, task, observed_at=observed_at,

@@ -38,6 +38,12 @@ class SnapshotStore(Protocol):
     async def ping(self) -> None:
         """A cheap round trip, for readiness."""
 
+    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
+        """The stored content hash of these tasks (absent ids are missing), in one query.
+
+        The fast path: an unchanged task needs nothing else from the store.
+        """
+
     async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks (absent ids are missing), in one query."""
 

@@ -64,6 +64,11 @@ class MemoryStore:
         """Succeeds unless a fault is injected."""
         self._enter("ping")
 
+    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
+        """The stored hashes of these tasks."""
+        self._enter("get_hashes")
+        return {i: self.snapshots[i].hash for i in task_ids if i in self.snapshots}
+
     async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks."""
         self._enter("get_snapshots")

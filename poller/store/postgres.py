@@ -188,6 +188,16 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.fetchval("SELECT 1")
 
+    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
+        """The stored hashes of these tasks, in one `= ANY($1)` query (an index-only scan)."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT task_id, hash FROM tasks WHERE task_id = ANY($1::text[])", ids)
+        return {row[0]: row[1] for row in rows}
+
     async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, in one `= ANY($1)` query."""
         ids = list(dict.fromkeys(task_ids))

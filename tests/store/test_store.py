@@ -69,6 +69,16 @@ class TestSnapshots:
         assert len(found) == 5000
         assert found["task-04999"] == page[-1]
 
+    async def test_hashes_are_the_fast_path(self, store: SnapshotStore) -> None:
+        """get_hashes answers stored hashes only, for many ids at once, after every upsert."""
+        page = [snap(f"task-{n:05}", n) for n in range(2500)]
+        await store.commit_page(page)
+        await store.commit_page([dataclasses.replace(page[7], hash="h-new")])
+        found = await store.get_hashes([s.task_id for s in page] + ["absent", "task-00001"])
+        assert len(found) == 2500 and "absent" not in found
+        assert found["task-00007"] == "h-new" and found["task-02499"] == page[-1].hash
+        assert await store.get_hashes([]) == {}
+
     async def test_empty_commit(self, store: SnapshotStore) -> None:
         """An empty page commits nothing and does not fail."""
         await store.commit_page([])
