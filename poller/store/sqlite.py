@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
 import structlog
 from pydantic import ValidationError
 
@@ -233,33 +232,16 @@ class SqliteStore:
 
     async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
         """The stored hashes of these tasks, from the (task_id, hash) index alone."""
-        ids = list(dict.fromkeys(task_ids))
-        if not ids:
-            return {}
-
-        def select(conn: sqlite3.Connection) -> dict[str, str]:
-            found: dict[str, str] = {}
-            with _transaction(conn, "DEFERRED"):
-                for part in _chunks(ids, self._in_list_max(conn)):
-                    # One result row per chunk, not one per task: the sqlite3 module hands the
-                    # GIL over at every row, and with the event loop busy on another thread that
-                    # costs more than the lookup itself. INDEXED BY: the planner would pick the
-                    # primary key, i.e. the table with every document; the narrow index stays
-                    # in the page cache however large the store grows.
-                    (packed,) = conn.execute(
-                        "SELECT json_group_object(task_id, hash) FROM tasks INDEXED BY tasks_hash"
-                        f" WHERE task_id IN ({_placeholders(len(part))})", part,
-                    ).fetchone()
-                    found.update(orjson.loads(packed))
-            return found
-
-        return await self._run(select)
+        # INDEXED BY: the planner would pick the primary key, i.e. the table with every
+        # document; the narrow index stays in the page cache however large the store grows.
+        return await self._select_by_id(task_ids, "task_id, hash", "INDEXED BY tasks_hash",
+                                        lambda row: row[1])
 
     async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, read in one transaction (chunked IN-lists)."""
-        return await self._select_by_id(task_ids, _TASK_COLUMNS, _snapshot)
+        return await self._select_by_id(task_ids, _TASK_COLUMNS, "", _snapshot)
 
-    async def _select_by_id(self, task_ids: Collection[str], columns: str,
+    async def _select_by_id(self, task_ids: Collection[str], columns: str, index: str,
                             convert: Callable[[Any], T]) -> dict[str, T]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
@@ -270,7 +252,7 @@ class SqliteStore:
             with _transaction(conn, "DEFERRED"):  # one consistent read across the chunks
                 for part in _chunks(ids, self._in_list_max(conn)):
                     rows = conn.execute(
-                        f"SELECT {columns} FROM tasks WHERE task_id IN ({_placeholders(len(part))})",
+                        f"SELECT {columns} FROM tasks {index} WHERE task_id IN ({_placeholders(len(part))})",
                         part,
                     )
                     found.update((row[0], convert(row)) for row in rows)
