@@ -18,7 +18,7 @@ from poller.models import BEIJING
 # Raw time string -> (canonical string, datetime). A page repeats the same minutes over and
 # over, so parsing each distinct string once makes times nearly free; bounded by clearing.
 TIMES: dict[str, tuple[str, datetime]] = {}
-TIMES_MAX: Final = 100_000
+TIMES_MAX: Final = 20_000  # about 7 MB; two weeks of distinct minutes
 
 _TIME_KEYS: Final = ("create_time", "modify_time", "feedback_deadline", "latest_feedback_time")
 _INT_KEYS: Final = ("task_status", "status", "execute_demand")

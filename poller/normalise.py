@@ -118,7 +118,9 @@ def _task(raw: dict[str, Any]) -> NormalisedTask:
     if doc is None:  # something unusual: the general rules decide (or raise)
         doc = _object(raw, _TASK_FIELDS, "", task_id)
     try:
-        document = orjson.dumps(doc, option=_DUMP_OPTS)
+        # orjson hands back its whole working buffer (about 8 KiB for a 1 KiB document); the
+        # memo keeps thousands of these, so keep an exact-size copy instead.
+        document = memoryview(orjson.dumps(doc, option=_DUMP_OPTS)).tobytes()
     except TypeError as exc:  # orjson refuses integers beyond 64 bits
         raise NormaliseError(f"record holds an unreadable value: {exc}", task_id=task_id,
                              kind="bad_number") from None

@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-CACHE_KIB = 16 * 1024
+CACHE_KIB = 8 * 1024
 
 URL_PREFIX = "sqlite:///"  # sqlite:///relative.db or sqlite:////abs/path.db
 # An API page has at most 1000 rows, so a page's lookup is one statement; old SQLite builds
@@ -110,8 +110,8 @@ def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
             # e.g. a network filesystem without shared memory: still correct, just slower.
             log.warning("sqlite_wal_unavailable", path=str(path), journal_mode=mode)
         conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
-        # 16 MiB of page cache (the default is 2 MiB): enough for the (task_id, hash) index of
-        # about 200k tasks, so the unchanged path rarely leaves memory. A bound, not a floor.
+        # 8 MiB of page cache (the default is 2 MiB): the (task_id, hash) index of about 100k
+        # tasks, so the unchanged path rarely leaves memory. A bound, not a floor.
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         _migrate(conn, path)
     except BaseException:
