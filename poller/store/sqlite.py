@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -105,7 +106,7 @@ def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
     )
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _set_wal(conn, busy_timeout_s)
         if mode != "wal":
             # e.g. a network filesystem without shared memory: still correct, just slower.
             log.warning("sqlite_wal_unavailable", path=str(path), journal_mode=mode)
@@ -118,6 +119,22 @@ def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, busy_timeout_s: float) -> str:
+    """Switch to WAL; returns the journal mode in force.
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once (no busy
+    handler) while another process opens the same new file: retry within the busy timeout.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # on the store's worker thread, never the event loop
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
