@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -157,23 +158,38 @@ class WaiqinClient:
         rows = min(self._settings.page_rows, MAX_ROWS)  # Waiqin365 caps rows at 1000
         previous: list[Any] | None = None
         number = 1
-        while True:
-            records = await self.call(QUERY_TASK, window.body(number, rows))
-            full = len(records) >= rows
-            if full:
-                ids = _task_ids(records)
-                if ids == previous:
-                    raise SourceResponseError(
-                        f"queryTask page {number} repeats page {number - 1} exactly "
-                        f"({len(records)} identical task_ids): the server ignores `page`; "
-                        "stopping the scan instead of looping forever",
-                        endpoint=QUERY_TASK,
-                    )
-                previous = ids
-            yield Page(window, number, records)
-            if not full:
-                return
-            number += 1
+        # Read one page ahead: the next request runs while the caller publishes and commits
+        # this one, so a cycle costs max(fetch, process) per page, not their sum. Only the
+        # fetch is early; pages still reach the caller, and are committed, in order.
+        ahead = self._request_page(window, number, rows)
+        try:
+            while True:
+                records = await ahead
+                full = len(records) >= rows
+                if full:
+                    ids = _task_ids(records)
+                    if ids == previous:
+                        raise SourceResponseError(
+                            f"queryTask page {number} repeats page {number - 1} exactly "
+                            f"({len(records)} identical task_ids): the server ignores `page`; "
+                            "stopping the scan instead of looping forever",
+                            endpoint=QUERY_TASK,
+                        )
+                    previous = ids
+                    ahead = self._request_page(window, number + 1, rows)
+                yield Page(window, number, records)
+                if not full:
+                    return
+                number += 1
+        finally:
+            # The caller stopped early (error, shutdown): drop the read-ahead, and read its
+            # outcome so a failure of it is not reported as never retrieved.
+            ahead.cancel()
+            ahead.add_done_callback(_retrieve)
+
+    def _request_page(self, window: Window, number: int, rows: int) -> asyncio.Task[list[Any]]:
+        return asyncio.create_task(self.call(QUERY_TASK, window.body(number, rows)),
+                                   name=f"queryTask page {number}")
 
     # --- one logical request, retried ----------------------------------------------------------
 
@@ -243,6 +259,11 @@ class WaiqinClient:
 
 
 # --- pure helpers: windows, decoding, error mapping --------------------------------------------
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _task_ids(records: list[Any]) -> list[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import date, timedelta
 from typing import Any
@@ -85,6 +86,29 @@ class TestPaging:
         """Records arrive in ascending modify_time, as offset paging over the real API does."""
         times = [r["modify_time"] for p in await scan(waiqin_settings) for r in p.records]
         assert times == sorted(times)
+
+
+class TestReadAhead:
+    async def test_next_page_is_requested_while_the_caller_works(
+            self, simulator: Simulator, waiqin_settings: WaiqinSettings) -> None:
+        """After a full page the next one is already on its way; closing early drops it."""
+        async with WaiqinClient(waiqin_settings) as client:
+            pages = client.iter_pages(Window())
+            first = await anext(pages)
+            assert len(first.records) == waiqin_settings.page_rows
+            deadline = time.monotonic() + 5
+            while simulator.requests["queryTask"] < 2:  # polling the server's counter
+                assert time.monotonic() < deadline, "page 2 was not read ahead"
+                await asyncio.sleep(0.01)
+            await pages.aclose()
+            assert simulator.requests["queryTask"] == 2
+
+    async def test_pages_still_arrive_in_order(self, simulator: Simulator,
+                                               waiqin_settings: WaiqinSettings) -> None:
+        """Reading ahead changes when pages are fetched, never their order or content."""
+        async with WaiqinClient(waiqin_settings) as client:
+            numbers = [page.number async for page in client.iter_pages(Window())]
+        assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 3
 
 
 class TestDayFilters:
