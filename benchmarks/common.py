@@ -15,6 +15,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from poller import app  # noqa: E402
 from poller.config import Settings  # noqa: E402
 from poller.fetch import WaiqinClient  # noqa: E402
 from poller.http import HealthState  # noqa: E402
@@ -46,13 +47,15 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60
     raise RuntimeError(f"nothing listening on {port} after {timeout_s}s")
 
 
-def simulator_process(tasks: int, days: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def simulator_process(tasks: int, days: int, log: Path, *, drift: bool = True
+                      ) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m poller simulator` in its own process (its CPU is not the poller's)."""
     port = free_port()
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "poller", "simulator", "--port", str(port), "--tasks", str(tasks),
-             "--days", str(days), "--openid", OPENID, "--appkey", APPKEY],
+             "--days", str(days), "--openid", OPENID, "--appkey", APPKEY,
+             "--drift" if drift else "--no-drift"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
     wait_port(port, process)
     return process, f"http://127.0.0.1:{port}"
@@ -79,7 +82,8 @@ def settings(base_url: str, store_url: str, bootstrap: str = "127.0.0.1:1", **ex
 
 async def in_process_poller(cfg: Settings, *, publisher: Publisher | None = None,
                             source: TaskSource | None = None) -> tuple[Poller, WaiqinClient, SnapshotStore]:
-    """A started Poller holding leadership, for calling `scan` directly."""
+    """A started Poller holding leadership, for calling `scan` directly (tuned like the daemon)."""
+    app.tune_gc()
     store = open_store(cfg.store)
     await store.start()
     client = WaiqinClient(cfg.waiqin)

@@ -116,13 +116,15 @@ def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool
 @click.option("--days", default=30, show_default=True, help="Days of history to spread them over.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--churn", default=0.0, show_default=True, help="Random mutations per second.")
+@click.option("--drift/--no-drift", default=True, show_default=True,
+              help="Render each response differently (numbers as strings, key and list order).")
 def simulator(host: str, port: int, openid: str, appkey: str, tasks: int, days: int, seed: int,
-              churn: float) -> None:
+              churn: float, drift: bool) -> None:
     """Serve the fake Waiqin365 API (signed endpoints, admin API, churn, faults)."""
     from poller.simulator import run_simulator
 
     _run(run_simulator(host=host, port=port, openid=openid, appkey=appkey, tasks=tasks,
-                       days=days, seed=seed, churn_per_s=churn))
+                       days=days, seed=seed, churn_per_s=churn, drift=drift))
 
 
 @main.command()

@@ -305,9 +305,9 @@ def _envelope(msg_id: str, code: str, message: str, data: Any) -> web.Response:
 
 
 async def run_simulator(*, host: str, port: int, openid: str, appkey: str, tasks: int,
-                        days: int, seed: int, churn_per_s: float) -> None:
+                        days: int, seed: int, churn_per_s: float, drift: bool = True) -> None:
     """Serve a simulator until cancelled (the `waiqin-poller simulator` command)."""
-    sim = Simulator(openid, appkey, seed=seed, tasks=tasks, days=days)
+    sim = Simulator(openid, appkey, seed=seed, tasks=tasks, days=days, drift=drift)
     base_url = await sim.start(host, port)
     try:
         if churn_per_s > 0:
