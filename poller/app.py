@@ -105,9 +105,10 @@ async def _finish(poller: Poller, task: asyncio.Task[None], grace_s: float) -> N
         # Say where it hung: the in-flight page is cancelled (its commit is shielded).
         log.warning("shutdown_grace_exceeded", grace_s=grace_s, awaiting=_awaiting(task))
         task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        await asyncio.wait({task})
     log.info("stopped")
+    if not task.cancelled():
+        task.result()  # a crash of the loop is raised, not swallowed
 
 
 def _awaiting(task: asyncio.Task[None]) -> list[str]:
