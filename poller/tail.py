@@ -25,7 +25,7 @@ async def run(settings: Settings, *, types: set[str], task_ids: set[str], from_b
               dead_letters: bool, stop: asyncio.Event | None = None,
               printer: Callable[[str], None] | None = None) -> None:
     """Print matching events until cancelled (or `stop` is set)."""
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # one event, one line, piped or not
     emit = printer or console.print
     topic = settings.topics.dead_letter if dead_letters else settings.topics.tasks
     consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
@@ -52,10 +52,10 @@ async def _assign(consumer: AIOKafkaConsumer, topic: str, from_beginning: bool) 
     partitions: set[int] | None = None
     # The topic may not exist yet (the poller creates it at start): wait for it.
     while not partitions:
+        await consumer.topics()  # refreshes the cluster metadata
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.5)  # metadata refresh has no event to await
+            await asyncio.sleep(0.5)  # metadata has no event to await
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     if from_beginning:
