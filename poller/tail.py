@@ -52,9 +52,11 @@ async def _assign(consumer: AIOKafkaConsumer, topic: str, from_beginning: bool) 
     partitions: set[int] | None = None
     # The topic may not exist yet (the poller creates it at start): wait for it.
     while not partitions:
-        await consumer.topics()  # refreshes the cluster metadata
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
+            # aiokafka offers no public refresh for a manually assigned consumer (topics()
+            # returns a copy and leaves the consumer's own metadata stale).
+            await consumer._client.force_metadata_update()
             await asyncio.sleep(0.5)  # metadata has no event to await
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
