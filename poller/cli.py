@@ -18,22 +18,16 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-def load_settings(**overrides: str) -> Settings:
-    """Settings from the environment (plus overrides); a bad one exits 2 with one line."""
-    import os
-
-    env = {**os.environ, **overrides}
+def load_settings(**defaults: str) -> Settings:
+    """Settings from the environment (`defaults` fill unset variables); a bad one exits 2
+    with one line naming it."""
     try:
-        settings = Settings.load(env)
+        settings = Settings.load(defaults=defaults)
     except ConfigError as exc:
         click.echo(f"waiqin-poller: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    secrets = [settings.waiqin.appkey.get_secret_value()]
-    for secret in (settings.kafka.sasl_password, settings.kafka.ssl_password):
-        if secret is not None:
-            secrets.append(secret.get_secret_value())
-    logs.configure(settings.log, secrets=secrets)
-    for name in settings.unknown_variables(env):
+    logs.configure(settings.log, secrets=logs.secret_values(settings))
+    for name in settings.unknown_variables():
         click.echo(f"waiqin-poller: warning: {name} is not a setting (typo?); ignored", err=True)
     return settings
 
@@ -102,7 +96,7 @@ def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool
     """Follow the task topic and print events, human readable."""
     from poller import tail as tail_
 
-    settings = load_settings(WAIQIN_OPENID="-", WAIQIN_APPKEY="-")
+    settings = load_settings(WAIQIN_OPENID="-", WAIQIN_APPKEY="-")  # tail never calls the API
     _run(tail_.run(settings, types=set(types), task_ids=set(task_ids),
                    from_beginning=from_beginning, dead_letters=dead_letters))
 

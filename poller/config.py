@@ -242,9 +242,13 @@ class Settings(BaseModel):
     log: LogSettings
 
     @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the environment; raise ConfigError naming every bad variable at once."""
-        env = dict(os.environ if environ is None else environ)
+    def load(cls, environ: Mapping[str, str] | None = None, *,
+             defaults: Mapping[str, str] | None = None) -> Settings:
+        """Read the environment (or `environ`); `defaults` fill variables that are unset.
+
+        Raises ConfigError naming every bad variable at once.
+        """
+        env = {**(defaults or {}), **(os.environ if environ is None else environ)}
         groups: dict[str, Any] = {}
         problems: list[str] = []
         for name, group in _GROUPS.items():
