@@ -66,6 +66,9 @@ _LOCK_HELD = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
     " AND pid = pg_backend_pid() AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2)"
 )
+# The same question asked from a pooled connection inside a page's transaction: is the lock
+# still held by our lock session? This fences the commit itself, not only the moment before.
+_LOCK_HELD_BY = _LOCK_HELD.replace("pid = pg_backend_pid()", "pid = $3")
 
 
 def map_error(exc: BaseException, where: str) -> StoreError:
@@ -105,6 +108,7 @@ class PostgresStore:
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._pool: Any = None
+        self._leader: AdvisoryLeadership | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -217,6 +221,7 @@ class PostgresStore:
         tasks = last_wins(snapshots, lambda s: s.task_id)
         marks = last_wins(dead_letters, lambda m: m.fingerprint)
         async with self._connection() as conn, conn.transaction():
+            await self._fence(conn)
             if tasks:
                 await conn.execute(
                     _UPSERT_TASKS, [s.task_id for s in tasks], [s.hash for s in tasks],
@@ -298,8 +303,24 @@ class PostgresStore:
             return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
 
     def leadership(self) -> AdvisoryLeadership:
-        """A session advisory lock on a dedicated connection: one active poller per database."""
-        return AdvisoryLeadership(self._dsn, connect_timeout_s=self._connect_timeout_s)
+        """A session advisory lock on a dedicated connection: one active poller per database.
+
+        Once a leadership was asked for, every page commit proves inside its own transaction
+        that this lock is still held, so a leader that lost it (and may have been replaced)
+        cannot overwrite the new leader's snapshots.
+        """
+        self._leader = AdvisoryLeadership(self._dsn, connect_timeout_s=self._connect_timeout_s)
+        return self._leader
+
+    async def _fence(self, conn: Any) -> None:
+        leader = self._leader
+        if leader is None:
+            return  # never led (tools and tests that write without the lock)
+        pid = leader.server_pid
+        key = leader.key
+        if pid is None or not await conn.fetchval(_LOCK_HELD_BY, key >> 32, key & 0xFFFF_FFFF, pid):
+            raise StoreConflict(
+                f"leadership of {leader.where} lost before the commit: the page was not written")
 
 
 class AdvisoryLeadership:
@@ -330,6 +351,13 @@ class AdvisoryLeadership:
     def is_held(self) -> bool:
         """Whether this instance holds the lock (as far as it knows; ensure() checks)."""
         return self._held
+
+    @property
+    def server_pid(self) -> int | None:
+        """The backend pid of the lock session while the lock is believed held."""
+        if not self._held or self._conn is None or self._conn.is_closed():
+            return None
+        return int(self._conn.get_server_pid())
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until the lock is ours (True) or `stop` is set (False).

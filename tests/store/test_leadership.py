@@ -15,7 +15,7 @@ from poller.store.base import Leadership
 from poller.store.postgres import LEADER_KEY
 from poller.store.sqlite import path_from_url
 from tests.fixtures.postgres import pg_execute
-from tests.store.conftest import make_store
+from tests.store.conftest import make_store, snap
 
 TAKEOVER_S = 5.0  # the promise: another replica leads within seconds
 # A separate process that takes the lock, says so, and then waits to be killed.
@@ -164,6 +164,29 @@ class TestAdvisoryLock:
         finally:
             await first.release()
             await second.release()
+
+
+    async def test_commit_is_fenced_by_the_lock(self, pg_url: str) -> None:
+        """A leader whose lock session died cannot commit, even without calling ensure():
+        the page's own transaction checks the lock, and nothing is written."""
+        store, rival = make_store(pg_url), make_store(pg_url)
+        await store.start()
+        await rival.start()
+        lead, rival_lead = store.leadership(), rival.leadership()
+        try:
+            assert await lead.acquire(asyncio.Event())
+            await store.commit_page([snap("before")])
+            assert await pg_execute(pg_url, "SELECT pg_terminate_backend($1)",
+                                    await advisory_holder_pid(pg_url))
+            assert await asyncio.wait_for(rival_lead.acquire(asyncio.Event()), TAKEOVER_S)
+            with pytest.raises(StoreConflict, match="not written"):
+                await store.commit_page([snap("after")])
+            assert set(await rival.get_snapshots(["before", "after"])) == {"before"}
+        finally:
+            await lead.release()
+            await rival_lead.release()
+            await store.stop()
+            await rival.stop()
 
 
 class TestFileLock:
