@@ -56,14 +56,9 @@ async def _query_task(settings: Settings) -> str:
     today = beijing_date(beijing_now())
     # One row of today's window: a signed request that costs the API almost nothing.
     async with WaiqinClient(settings.waiqin.model_copy(update={"page_rows": 1})) as client:
-        pages = client.iter_pages(Window(modify_from=today, modify_to=today))
-        try:
-            async for page in pages:
-                return f"signed request accepted by {settings.waiqin.base_url} ({len(page.records)} record)"
-        finally:
-            with contextlib.suppress(Exception):
-                await pages.aclose()  # type: ignore[attr-defined]
-    return f"signed request accepted by {settings.waiqin.base_url}"
+        async with contextlib.aclosing(client.iter_pages(Window(modify_from=today, modify_to=today))) as pages:
+            first = await anext(pages)
+    return f"signed request accepted by {settings.waiqin.base_url} ({len(first.records)} record)"
 
 
 async def _query_task_type(settings: Settings) -> bool:

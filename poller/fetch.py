@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -138,7 +138,7 @@ class WaiqinClient:
 
     async def iter_pages(
         self, window: Window, *, split_days: int | None = None,
-    ) -> AsyncIterator[Page]:
+    ) -> AsyncGenerator[Page, None]:
         """Yield every queryTask page of `window`, page 1 first.
 
         A page shorter than `rows` (or empty) is the last one: the API returns no total count.
@@ -154,7 +154,7 @@ class WaiqinClient:
         """Task type records for `type_ids`, exactly as decoded (raw, possibly malformed)."""
         return await self.call(QUERY_TASK_TYPE, {"type_ids": [str(t) for t in type_ids]})
 
-    async def _scan(self, window: Window) -> AsyncIterator[Page]:
+    async def _scan(self, window: Window) -> AsyncGenerator[Page, None]:
         rows = min(self._settings.page_rows, MAX_ROWS)  # Waiqin365 caps rows at 1000
         previous: list[Any] | None = None
         number = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -43,7 +43,8 @@ MODIFY_TIME_PRECISION = timedelta(minutes=1)
 class TaskSource(Protocol):
     """The API client as the loop sees it."""
 
-    def iter_pages(self, window: Window, *, split_days: int | None = None) -> AsyncIterator[Page]:
+    def iter_pages(self, window: Window, *, split_days: int | None = None
+                   ) -> AsyncGenerator[Page, None]:
         """Every page of a queryTask scan of `window`."""
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
@@ -235,17 +236,19 @@ class Poller:
         """
         stats = ScanStats()
         seen: set[str] = set()
-        async for page in self._client.iter_pages(win, split_days=split_days):
-            self._health.beat()
-            structlog.contextvars.bind_contextvars(page=page.number, **page.window.describe())
-            try:
-                await self._process_page(page, stats, seen, silent_new=silent_new,
-                                         previous_scan=previous_scan)
-            finally:
-                structlog.contextvars.unbind_contextvars(
-                    "page", "modify_date_from", "modify_date_to")
-            if on_page is not None:
-                on_page(page, stats)
+        # aclosing: a failed page closes the scan (and drops its read-ahead request) at once.
+        async with contextlib.aclosing(self._client.iter_pages(win, split_days=split_days)) as pages:
+            async for page in pages:
+                self._health.beat()
+                structlog.contextvars.bind_contextvars(page=page.number, **page.window.describe())
+                try:
+                    await self._process_page(page, stats, seen, silent_new=silent_new,
+                                             previous_scan=previous_scan)
+                finally:
+                    structlog.contextvars.unbind_contextvars(
+                        "page", "modify_date_from", "modify_date_to")
+                if on_page is not None:
+                    on_page(page, stats)
         return stats
 
     async def _process_page(self, page: Page, stats: ScanStats, seen: set[str], *,
