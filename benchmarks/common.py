@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from poller import app  # noqa: E402
 from poller.config import Settings  # noqa: E402
 from poller.fetch import WaiqinClient  # noqa: E402
 from poller.http import HealthState  # noqa: E402
+from poller.localbroker import accepts, free_port  # noqa: E402
 from poller.loop import Poller, TaskSource  # noqa: E402
 from poller.publish import MemoryPublisher, Publisher  # noqa: E402
 from poller.store import open_store  # noqa: E402
@@ -27,23 +27,15 @@ from poller.store.base import SnapshotStore  # noqa: E402
 OPENID, APPKEY = "bench-openid", "bench-appkey"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
     """Poll the port until it accepts connections (the simulator seeds its tasks first)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)  # polling a port with a deadline
+        if accepts(port):
+            return
+        time.sleep(0.05)  # polling a port with a deadline
     raise RuntimeError(f"nothing listening on {port} after {timeout_s}s")
 
 

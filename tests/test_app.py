@@ -12,6 +12,7 @@ from poller.config import Settings
 from poller.localbroker import TansuBroker, free_port
 from poller.simulator import Simulator
 from tests.fixtures.simulator import APPKEY, OPENID
+from tests.integration.harness import eventually
 
 
 async def status(port: int, path: str) -> int:
@@ -23,11 +24,10 @@ async def status(port: int, path: str) -> int:
         return 0
 
 
-async def until_status(port: int, path: str, expected: int, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (got := await status(port, path)) != expected:  # polling an endpoint under a deadline
-        assert asyncio.get_running_loop().time() < deadline, f"{path} is {got}, not {expected}"
-        await asyncio.sleep(0.05)
+async def until_status(port: int, path: str, expected: int) -> None:
+    async def answered() -> bool:
+        return await status(port, path) == expected
+    await eventually(answered, interval_s=0.05, what=f"{path} answering {expected}")
 
 
 class TestStartup:

@@ -22,6 +22,7 @@ from poller.publish import MemoryPublisher
 from poller.simulator import Simulator
 from poller.store.memory import MemoryStore
 from tests.fixtures.simulator import settings_for
+from tests.integration.harness import eventually
 
 SOURCE = "https://sim/api/cusTask/test-openid"
 
@@ -254,7 +255,7 @@ class TestRun:
         failures = metric("waiqin_poller_cycles_total", outcome="failure")
         task = asyncio.create_task(rig.poller.run())
         try:
-            await _until(lambda: rig.health.last_success_at is not None)
+            await eventually(lambda: rig.health.last_success_at is not None, timeout_s=10, interval_s=0.01)
             assert metric("waiqin_poller_cycles_total", outcome="failure") > failures
         finally:
             rig.poller.stop()
@@ -267,21 +268,14 @@ class TestRun:
         rig = await make_rig()
         task = asyncio.create_task(rig.poller.run())
         try:
-            await _until(lambda: rig.health.last_success_at is not None)
+            await eventually(lambda: rig.health.last_success_at is not None, timeout_s=10, interval_s=0.01)
             failures = metric("waiqin_poller_cycles_total", outcome="failure")
             task_id = rig.fresh(1)[0]
             rig.store.revoke_leadership()
             rig.sim.store.add_feedback(task_id)
-            await _until(lambda: bool(rig.store.snapshots[task_id].version))
+            await eventually(lambda: rig.store.snapshots[task_id].version, timeout_s=10, interval_s=0.01)
             assert metric("waiqin_poller_cycles_total", outcome="failure") > failures
             assert "FeedbackAdded" in [dict(r.headers)["ce_type"].decode() for r in rig.records_of(task_id)]
         finally:
             rig.poller.stop()
             await asyncio.wait_for(task, 5)
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # the loop exposes no event for these; poll under a deadline
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +17,22 @@ from typing import Any
 
 import aiohttp
 
+from poller.localbroker import free_port
 from tests.fixtures.broker import consume
 
 OPENID, APPKEY = "it-openid", "it-appkey-秘密"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], *, timeout_s: float = 30.0,
+async def eventually(check: Callable[[], Any], *, timeout_s: float = 30.0,
                      interval_s: float = 0.1, what: str = "condition") -> Any:
-    """Await `check()` until it returns something truthy; fail after the deadline."""
+    """Call `check()` (awaiting it when it is a coroutine) until it returns something truthy;
+    fail after the deadline."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(interval_s)  # polling a condition with a deadline
