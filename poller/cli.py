@@ -60,7 +60,7 @@ def run() -> None:
 @main.command()
 def check() -> None:
     """Validate the configuration and reach the API, the store and Kafka."""
-    from poller import check as checks
+    from poller.commands import check as checks
 
     settings = load_settings()
     ok = _run(checks.run(settings))
@@ -76,7 +76,7 @@ def check() -> None:
               help="Split the range into sub-windows of this many days.")
 def backfill(from_: Any, to: Any, days_per_request: int) -> None:
     """Re-poll a past range through the same pipeline; emits only real changes."""
-    from poller import backfill as backfill_
+    from poller.commands import backfill as backfill_
 
     start: date = from_.date()
     end: date = to.date()
@@ -94,7 +94,7 @@ def backfill(from_: Any, to: Any, days_per_request: int) -> None:
 def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool,
          dead_letters: bool) -> None:
     """Follow the task topic and print events, human readable."""
-    from poller import tail as tail_
+    from poller.commands import tail as tail_
 
     settings = load_settings(WAIQIN_OPENID="-", WAIQIN_APPKEY="-")  # tail never calls the API
     _run(tail_.run(settings, types=set(types), task_ids=set(task_ids),
@@ -128,6 +128,6 @@ def simulator(host: str, port: int, openid: str, appkey: str, tasks: int, days: 
               help="Where the demo keeps its SQLite state.")
 def demo(churn: float, tasks: int, state_dir: str) -> None:
     """Everything local: simulator, a Kafka-compatible broker, the poller, live events."""
-    from poller import demo as demo_
+    from poller.commands import demo as demo_
 
     _run(demo_.run(churn_per_s=churn, tasks=tasks, state_dir=state_dir))

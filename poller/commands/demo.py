@@ -12,7 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from poller import app, logs, tail
+from poller import app, logs
+from poller.commands import tail
 from poller.config import Settings
 from poller.localbroker import TansuBroker
 from poller.simulator import Simulator

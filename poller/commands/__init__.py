@@ -1,0 +1,1 @@
+"""One module per operator command (check, backfill, tail, demo); cli.py dispatches to them."""
