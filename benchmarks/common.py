@@ -22,7 +22,7 @@ from poller.localbroker import accepts, free_port  # noqa: E402
 from poller.loop import Poller, TaskSource  # noqa: E402
 from poller.publish import MemoryPublisher, Publisher  # noqa: E402
 from poller.store import open_store  # noqa: E402
-from poller.store.base import SnapshotStore  # noqa: E402
+from poller.store.base import Leadership, SnapshotStore  # noqa: E402
 
 OPENID, APPKEY = "bench-openid", "bench-appkey"
 
@@ -73,8 +73,10 @@ def settings(base_url: str, store_url: str, bootstrap: str = "127.0.0.1:1", **ex
 
 
 async def in_process_poller(cfg: Settings, *, publisher: Publisher | None = None,
-                            source: TaskSource | None = None) -> tuple[Poller, WaiqinClient, SnapshotStore]:
-    """A started Poller holding leadership, for calling `scan` directly (tuned like the daemon)."""
+                            source: TaskSource | None = None
+                            ) -> tuple[Poller, WaiqinClient, SnapshotStore, Leadership]:
+    """A started Poller and its store's leadership (acquired), for calling `scan` directly
+    (tuned like the daemon)."""
     app.tune_gc()
     store = open_store(cfg.store)
     await store.start()
@@ -84,6 +86,6 @@ async def in_process_poller(cfg: Settings, *, publisher: Publisher | None = None
     await publisher.start()
     poller = Poller(cfg.poll, client=source or client, store=store, publisher=publisher,
                     health=HealthState(stuck_after_s=600, ready_window_s=600), source="bench")
-    poller._leadership = store.leadership()
-    assert await poller._leadership.acquire(asyncio.Event())
-    return poller, client, store
+    lease = store.leadership()
+    assert await lease.acquire(asyncio.Event())
+    return poller, client, store, lease

@@ -24,7 +24,7 @@ from benchmarks.bench_diff import OBSERVED_AT, record
 from benchmarks.common import in_process_poller, settings
 from poller import diff, normalise
 from poller.fetch import Page
-from poller.models import Window
+from poller.models import Commit, Window
 
 PAGE = 1000
 
@@ -66,29 +66,31 @@ def rss_mb() -> float:
 
 
 async def prefill(db: Path, count: int) -> None:
-    _poller, client, store = await in_process_poller(settings("http://127.0.0.1:1", f"sqlite:///{db}"))
+    _poller, client, store, lease = await in_process_poller(
+        settings("http://127.0.0.1:1", f"sqlite:///{db}"))
     try:
         batch = []
         for raw in records(count):
-            snapshot = diff.observe(None, normalise.task(raw), observed_at=OBSERVED_AT, silent=True).snapshot
+            task = normalise.task(raw)
+            snapshot = diff.observe(None, task, observed_at=OBSERVED_AT, silent=True).snapshot(task)
             assert snapshot is not None
             batch.append(snapshot)
             if len(batch) == 5000:
-                await store.commit_page(batch, [])
+                await store.commit(Commit(snapshots=batch), lease)
                 batch = []
         if batch:
-            await store.commit_page(batch, [])
+            await store.commit(Commit(snapshots=batch), lease)
     finally:
         await client.stop()
         await store.stop()
 
 
 async def scan(db: Path, count: int) -> None:
-    poller, client, store = await in_process_poller(
+    poller, client, store, lease = await in_process_poller(
         settings("http://127.0.0.1:1", f"sqlite:///{db}"), source=Source(count))
     try:
         start = rss_mb()
-        stats = await poller.scan(Window(), silent_new=True)
+        stats = await poller.scan(Window(), lease, silent_new=True)
         print(orjson.dumps({"scanned": stats.tasks, "start_mb": start, "peak_mb": rss_mb()}).decode())
     finally:
         await client.stop()

@@ -86,9 +86,9 @@ async def bench_unchanged(tasks: int, work: Path, rounds: int, *, drift: bool) -
     sim, base_url = simulator_process(tasks, 3, work / "sim.log", drift=drift)
     try:
         cfg = settings(base_url, f"sqlite:///{work / f'unchanged-{drift}.db'}")
-        poller, client, store = await in_process_poller(cfg)
+        poller, client, store, lease = await in_process_poller(cfg)
         try:
-            baseline = await poller.scan(Window(), silent_new=True)
+            baseline = await poller.scan(Window(), lease, silent_new=True)
             assert baseline.tasks >= tasks
             ours: list[float] = []
             cpu: list[float] = []
@@ -97,7 +97,7 @@ async def bench_unchanged(tasks: int, work: Path, rounds: int, *, drift: bool) -
                 before = (await simulator_requests(base_url)).get(QUERY_TASK, 0)
                 gc.collect()
                 started, started_cpu = time.perf_counter(), time.process_time()
-                stats = await poller.scan(Window())
+                stats = await poller.scan(Window(), lease)
                 ours.append(stats.tasks / (time.perf_counter() - started))
                 cpu.append(stats.tasks / (time.process_time() - started_cpu))
                 requests.append((await simulator_requests(base_url)).get(QUERY_TASK, 0) - before)

@@ -117,9 +117,9 @@ def examples() -> list[Example]:
         clock.tick()
         raw = change()
         name = store.types[raw["task_type_id"]]["type_name"]
-        seen = diff.observe(snapshot, normalise.task(raw), observed_at=clock() + SEEN_AFTER,
-                            type_name=name)
-        snapshot = seen.snapshot or snapshot
+        task = normalise.task(raw)
+        seen = diff.observe(snapshot, task, observed_at=clock() + SEEN_AFTER, type_name=name)
+        snapshot = seen.snapshot(task) or snapshot
         for event in seen.events:
             found.setdefault(event.type, Example(event.type, WHEN[event.type], step,
                                                  events.encode(event, source=source)))
@@ -149,7 +149,7 @@ def _type_example(store: TaskStore, clock: _Clock, source: str) -> Example:
     before = normalise.task_type(dict(store.types[type_id]))
     clock.tick()
     after = normalise.task_type(store.update_type(type_id, type_name="门店陈列检查（新版）"))
-    (event,) = diff.observe_type(before, after, observed_at=clock() + SEEN_AFTER)
+    (event,), _ = diff.observe_type(before, after, observed_at=clock() + SEEN_AFTER)
     return Example(event.type, WHEN[event.type], "simulator step `update_type(type_name=...)`",
                    events.encode(event, source=source))
 
@@ -287,10 +287,13 @@ downstream; a lower sequence than already processed is a re-delivery.
 
 ## Delivery and de-duplication
 
-Delivery is at-least-once: after a crash, an outage or a retry the poller re-publishes the
-same events. `ce_id` is deterministic from what was observed (task, event type, the state or
-feedback entry it describes), so a re-published event has the same `ce_id`: de-duplicate on
-it (a bounded set of recent ids is enough; `examples/consumer.py` shows one). Commit consumer
+Delivery is at-least-once: the poller commits every observation and the records it produces
+to its store (an outbox) before it publishes them, and after a crash, an outage or a failover
+it re-publishes what it had not yet sent, byte for byte. `ce_id` is deterministic from what was
+observed (task, event type, the version the observation gave the task, and the state or
+feedback entry it describes), so a re-published event has the same `ce_id`, and two different
+changes never share one, even when a task changes back and forth: de-duplicate on it (a
+bounded set of recent ids is enough; `examples/consumer.py` shows one). Commit consumer
 offsets only after processing.
 
 ## Schemas

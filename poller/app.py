@@ -125,7 +125,12 @@ def _awaiting(task: asyncio.Task[None]) -> list[str]:
 
 async def _start_with_retry(name: str, start: Callable[[], Awaitable[None]], stop: asyncio.Event,
                             health: HealthState, max_backoff_s: float) -> bool:
-    """Start a component, waiting out an outage with backoff; False if stopped meanwhile."""
+    """Start a component, waiting out any failure with backoff; False if stopped meanwhile.
+
+    Whatever the failure (down, refusing our credentials, a corrupt file), retrying with a
+    backoff is what an always-on daemon does: the operator fixes the cause while probes show
+    why (a crash loop would only add restarts to the noise).
+    """
     delay = 1.0
     while not stop.is_set():
         health.beat()
@@ -133,9 +138,9 @@ async def _start_with_retry(name: str, start: Callable[[], Awaitable[None]], sto
             await start()
             return True
         except PollerError as exc:
-            if not exc.retriable:
-                raise
-            log.warning("component_unavailable", component=name, error=str(exc), retry_in_s=delay)
+            health.cycle_failed(exc)
+            log.warning("component_unavailable", component=name, error=str(exc),
+                        error_type=type(exc).__name__, retry_in_s=delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         delay = min(max_backoff_s, delay * 2)

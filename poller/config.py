@@ -176,7 +176,7 @@ class PollSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="POLLER_")
 
     poll_interval_s: float = Field(60.0, gt=0, validation_alias=AliasChoices("POLLER_POLL_INTERVAL"))
-    lookback_minutes: int = Field(30, ge=0, le=24 * 60)
+    lookback_minutes: int = Field(30, ge=0)  # days of lookback (2880, ...) are legitimate
     start_mode: Literal["baseline", "replay"] = "baseline"
     start_date: date | None = None
     type_refresh_s: float = Field(300.0, gt=0, validation_alias=AliasChoices("POLLER_TYPE_REFRESH_SECONDS"))

@@ -1,8 +1,8 @@
-"""Pure: (stored snapshot or none, observed task) -> the ordered events of DESIGN.md §4."""
+"""Pure: (stored snapshot or none, observed task) -> the ordered events of docs/design.md §4."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ SILENT_FIELDS: Final = frozenset({"modify_time", "latest_feedback_time", "latest
 OWN_EVENT_FIELDS: Final = frozenset(
     {"task_id", "receivers", "feedback_detail", "feedback_deadline", "task_status", "status"}
 )
-# task_status -> the event announcing a change to it (DESIGN.md §2 field meanings).
+# task_status -> the event announcing a change to it (docs/design.md §2 field meanings).
 STATUS_EVENTS: Final[dict[int, type[TaskEvent]]] = {
     1: TaskFeedbackSubmitted,
     2: TaskAccepted,
@@ -53,14 +53,22 @@ LIFECYCLE_EVENTS: Final[dict[tuple[int, int], type[TaskEvent]]] = {
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What one observation of a task means: its events, in order, and the snapshot to store.
+    """What one observation of a task means: its events, in order, and the version to store.
 
-    `snapshot` is None when nothing needs writing (same hash). `events` must not be mutated:
+    `version` is None when nothing needs writing (same hash); otherwise the snapshot is stored
+    at it (the previous version plus one when there are events). `events` must not be mutated:
     the unchanged result is one shared instance.
     """
 
     events: list[TaskEvent]
-    snapshot: Snapshot | None
+    version: int | None
+
+    def snapshot(self, current: NormalisedTask, received: int | None = None) -> Snapshot | None:
+        """The snapshot to store for the observed task (None when nothing needs writing)."""
+        if self.version is None:
+            return None
+        return Snapshot(current.task_id, current.hash, current.document, self.version,
+                        current.modify_time, received)
 
 
 UNCHANGED: Final = Observation([], None)
@@ -78,21 +86,22 @@ def observe(
 
     Same hash: UNCHANGED, after one string compare. Otherwise the field diff decides: no
     semantic change (modify_time alone, or a new normalisation version) rewrites the snapshot
-    at the same version; events bump the version by one (ce_sequence). `silent` (baseline)
-    records the task without events, at version 0 when new.
+    at the same version; events bump the version by one (ce_sequence), and every event id
+    includes that version. `silent` (baseline) records the task without events, at version 0
+    when new.
     """
     if previous is not None and previous.hash == current.hash:
         return UNCHANGED
     base_version = previous.version if previous is not None else 0
     if silent:
-        return Observation([], _snapshot(current, base_version))
+        return Observation([], base_version)
     after = orjson.loads(current.document)
     before = _as_new(after) if previous is None else _previous_document(previous)
     specs = _changes(before, after, current.hash)
     if previous is None:
         specs.insert(0, (TaskCreated, {}, current.hash))
     if not specs:
-        return Observation([], _snapshot(current, base_version))
+        return Observation([], base_version)
     version = base_version + 1
     envelope: dict[str, Any] = {
         "task_id": current.task_id,
@@ -103,18 +112,25 @@ def observe(
         "task": normalise.to_task(current.document),
     }
     events = [
-        cls(id=event_id(current.task_id, cls.__name__, content), **envelope, **detail)
+        cls(id=event_id(current.task_id, cls.__name__, version, content), **envelope, **detail)
         for cls, detail, content in specs
     ]
-    return Observation(events, _snapshot(current, version))
+    return Observation(events, version)
 
 
 def observe_type(
     previous: TypeSnapshot | None, current: TypeSnapshot, *, observed_at: datetime
-) -> list[TaskTypeChanged]:
-    """The TaskTypeChanged of a re-read task type; the first sight of a type is silent."""
-    if previous is None or previous.hash == current.hash:
-        return []
+) -> tuple[list[TaskTypeChanged], TypeSnapshot | None]:
+    """The TaskTypeChanged of a re-read task type, and the snapshot to store (None: unchanged).
+
+    The first sight of a type is recorded silently at version 0; a change of meaning is stored
+    at the previous version plus one, which its event id includes; a change of normalisation
+    alone is stored at the same version.
+    """
+    if previous is not None and previous.hash == current.hash:
+        return [], None
+    if previous is None:
+        return [], replace(current, version=0)
     before: dict[str, Any] = orjson.loads(previous.document)
     if previous.hash != normalise.content_hash(previous.document):  # stored under older rules
         try:
@@ -123,14 +139,16 @@ def observe_type(
             pass
     changes = _field_changes(before, orjson.loads(current.document), skip=frozenset({"type_id"}))
     if not changes:  # only the normalisation changed
-        return []
-    return [TaskTypeChanged(
-        id=event_id(current.type_id, "TaskTypeChanged", current.hash),
+        return [], replace(current, version=previous.version)
+    version = previous.version + 1
+    event = TaskTypeChanged(
+        id=event_id(current.type_id, "TaskTypeChanged", version, current.hash),
         type_id=current.type_id,
         observed_at=observed_at.astimezone(BEIJING),
         changes=changes,
         task_type=TaskType.model_validate_json(current.document),
-    )]
+    )
+    return [event], replace(current, version=version)
 
 
 _Spec = tuple[type[TaskEvent], dict[str, Any], str]
@@ -138,7 +156,7 @@ _Spec = tuple[type[TaskEvent], dict[str, Any], str]
 
 
 def _changes(before: dict[str, Any], after: dict[str, Any], state: str) -> list[_Spec]:
-    """The events between two canonical documents, in the order of the DESIGN.md §4 table.
+    """The events between two canonical documents, in the order of the docs/design.md §4 table.
 
     `state` is the hash of `after`: the ids of state events derive from it.
     """
@@ -179,7 +197,7 @@ def _field_changes(
 
 
 def _reassignment(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
-    """Receivers are a set by id (DESIGN.md §3): a renamed receiver is not a reassignment."""
+    """Receivers are a set by id (docs/design.md §3): a renamed receiver is not a reassignment."""
     old = {person["id"]: person for person in before}
     new = {person["id"]: person for person in after}
     added = [new[key] for key in sorted(new.keys() - old.keys())]
@@ -218,20 +236,10 @@ def _previous_document(previous: Snapshot) -> dict[str, Any]:
 
 
 def _as_new(after: dict[str, Any]) -> dict[str, Any]:
-    """The state a new task is diffed from (DESIGN.md §4): itself, without feedback, status
+    """The state a new task is diffed from (docs/design.md §4): itself, without feedback, status
     awaiting feedback (0) and not deleted (1); so a task first seen with feedback or a
     non-zero status also yields its FeedbackAdded and status events."""
     before = {key: value for key, value in after.items() if key != "feedback_detail"}
     before["task_status"] = 0
     before["status"] = 1
     return before
-
-
-def _snapshot(current: NormalisedTask, version: int) -> Snapshot:
-    return Snapshot(
-        task_id=current.task_id,
-        hash=current.hash,
-        document=current.document,
-        version=version,
-        modify_time=current.modify_time,
-    )

@@ -12,11 +12,12 @@
     │   └── PublishRejected      fatal       too large, unauthorised topic
     └── StoreError
         ├── StoreUnavailable     retriable
-        └── StoreConflict        fatal       lost HA lease, concurrent writer
+        └── StoreConflict        fatal       unreadable state, a schema newer than this release
+            └── LeadershipLost   fatal       the HA lock is gone: stop, back off, acquire again
 
 `retriable` says whether the same operation may simply be tried again in place. A fatal error
-fails the current cycle: the daemon logs it, turns not-ready and starts the next cycle after a
-backoff; it never exits for a source or broker problem (DESIGN.md §5).
+fails the current cycle: the daemon logs it, turns not-ready and starts the next cycle after an
+exponential backoff; it never exits for a source, broker or store problem (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -109,4 +110,8 @@ class StoreUnavailable(StoreError):
 
 
 class StoreConflict(StoreError):
-    """Another writer owns the store (lost HA lock, or a schema newer than this release)."""
+    """The store refuses the operation (corrupt or read-only file, schema newer than this release)."""
+
+
+class LeadershipLost(StoreConflict):
+    """This process is not, or no longer, the store's leader: it must neither commit nor publish."""

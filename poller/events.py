@@ -1,4 +1,4 @@
-"""The domain events of DESIGN.md §4 and their CloudEvents 1.0 Kafka (binary mode) encoding.
+"""The domain events of docs/design.md §4 and their CloudEvents 1.0 Kafka (binary mode) encoding.
 
 Every task event shares an envelope: `id` (= ce_id, deterministic), `type` (the event name,
 = ce_type), `task_id`, `modify_time` (RFC 3339, +08:00), `observed_at`, `sequence`
@@ -159,7 +159,7 @@ TASK_EVENTS: tuple[type[TaskEvent], ...] = (
     TaskCreated, TaskUpdated, TaskReassigned, TaskDeadlineChanged, FeedbackAdded,
     TaskFeedbackSubmitted, TaskAccepted, TaskRejected, TaskReopened, TaskDeleted, TaskRestored,
 )
-"""Every task event class, in the order of the DESIGN.md §4 table."""
+"""Every task event class, in the order of the docs/design.md §4 table."""
 
 Event = Annotated[
     TaskCreated | TaskUpdated | TaskReassigned | TaskDeadlineChanged | FeedbackAdded
@@ -182,9 +182,14 @@ class KafkaMessage(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
-def event_id(subject: str, event_type: str, content: str) -> str:
-    """The deterministic ce_id: same subject, event type and observed content, same id."""
-    return xxhash.xxh3_128_hexdigest(f"{subject}|{event_type}|{content}".encode())
+def event_id(subject: str, event_type: str, version: int, content: str) -> str:
+    """The deterministic ce_id of an observation: subject, event type, the version the
+    observation gave the subject (ce_sequence), and the state or entry it describes.
+
+    The version makes two different changes differ even when a task returns to an earlier state
+    (A→B→A→B); everything else makes one observation's events differ from each other.
+    """
+    return xxhash.xxh3_128_hexdigest(f"{subject}|{event_type}|{version}|{content}".encode())
 
 
 def encode(event: TaskEvent | TaskTypeChanged, *, source: str) -> OutboundRecord:
@@ -237,7 +242,7 @@ def dead_letter(
         body = orjson.dumps({**value, "raw": repr(raw)})
     when = observed_at.astimezone(BEIJING).isoformat()
     subject = task_id or ""
-    headers = _headers(event_id(subject, "DeadLetter", fingerprint(raw)), source, "DeadLetter",
+    headers = _headers(event_id(subject, "DeadLetter", 0, fingerprint(raw)), source, "DeadLetter",
                        subject, when, when, sequence=None)
     return OutboundRecord(topic="dead-letter", key=subject.encode(), value=body, headers=headers)
 

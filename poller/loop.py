@@ -1,4 +1,4 @@
-"""Poller: one cycle = fetch → normalise → diff → publish → commit, page by page."""
+"""Poller: lead the store, then cycle: drain the outbox, read pages, plan, commit, send."""
 
 from __future__ import annotations
 
@@ -12,20 +12,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from poller import diff, events, metrics, normalise, window
+from poller import metrics, plan, window
 from poller.config import PollSettings
-from poller.errors import NormaliseError, PollerError, StoreConflict
+from poller.errors import LeadershipLost, PollerError
 from poller.fetch import Page
 from poller.http import HealthState
-from poller.models import (
-    DeadLetterMark,
-    NormalisedTask,
-    OutboundRecord,
-    PollState,
-    Snapshot,
-    Window,
-    beijing_now,
-)
+from poller.models import Commit, PollState, Window, beijing_now
+from poller.outbox import Outbox
 from poller.publish import Publisher
 from poller.store.base import Leadership, SnapshotStore
 from poller.task_types import TaskTypeCatalog
@@ -35,9 +28,6 @@ log = structlog.get_logger(__name__)
 # A first run whose full-history pass keeps seeing repeats (heavy churn) is accepted after this
 # many passes; the tasks it may have skipped are still found later, when they next change.
 MAX_FIRST_RUN_PASSES = 3
-# modify_time has minute precision: a change stamped in the minute a scan started may be missed
-# by it without any skip having happened.
-MODIFY_TIME_PRECISION = timedelta(minutes=1)
 
 
 class TaskSource(Protocol):
@@ -58,6 +48,7 @@ class ScanStats:
     pages: int = 0
     tasks: int = 0
     repeats: int = 0
+    unchanged: int = 0
     changed: int = 0
     events: int = 0
     dead_letters: int = 0
@@ -65,6 +56,34 @@ class ScanStats:
     @property
     def is_drift_free(self) -> bool:
         return self.repeats == 0
+
+    def add(self, counts: plan.PageCounts) -> None:
+        """Count one more page."""
+        self.pages += 1
+        self.tasks += counts.records
+        self.repeats += counts.repeats
+        self.unchanged += counts.unchanged
+        self.changed += counts.changed
+        self.events += counts.events
+        self.dead_letters += sum(counts.dead_letters.values())
+
+
+@dataclass
+class Backoff:
+    """Waits between failed attempts: the interval doubled per failure in a row, capped."""
+
+    base_s: float
+    max_s: float
+    failures: int = 0
+
+    def failed(self) -> float:
+        """Count a failure; how long to wait before the next attempt."""
+        self.failures += 1
+        return min(self.max_s, max(self.base_s, 1.0) * 2.0 ** (self.failures - 1))
+
+    def succeeded(self) -> None:
+        """Start over after a success."""
+        self.failures = 0
 
 
 class Poller:
@@ -76,15 +95,14 @@ class Poller:
         self._settings = settings
         self._client = client
         self._store = store
-        self._publisher = publisher
         self._health = health
         self._source = source
         self._clock = clock
         self._stop = asyncio.Event()
-        self._leadership: Leadership | None = None
         self._last_success: datetime | None = None
         self._cycle_number = 0
-        self.types = TaskTypeCatalog(client, store, refresh_s=settings.type_refresh_s,
+        self._outbox = Outbox(store, publisher)
+        self.types = TaskTypeCatalog(client, store, self._outbox, refresh_s=settings.type_refresh_s,
                                      source=source, clock=clock)
         metrics.SECONDS_BEHIND.set_function(self._seconds_behind)
 
@@ -97,44 +115,46 @@ class Poller:
         return self._stop.is_set()
 
     async def run(self) -> None:
-        """Poll until stopped; failures are logged, counted and backed off, never raised."""
+        """Poll until stopped. Every failure is logged, counted and backed off, never raised:
+        a failed cycle, a store that refuses, a lost leadership (then re-acquired)."""
+        backoff = Backoff(self._settings.poll_interval_s, self._settings.max_backoff_s)
         while not self.should_exit:
-            self._leadership = self._store.leadership()
-            self._health.set_standby(True)
+            lease = self._store.leadership()
             try:
-                if not await self._leadership.acquire(self._stop):
-                    break
+                await self._lead(lease, backoff)
+                continue  # stopped
+            except LeadershipLost:
+                pass  # logged and counted as a failed cycle already
             except PollerError as exc:
-                log.warning("leadership_unavailable", error=str(exc))
-                await self._wait(self._settings.poll_interval_s)
-                continue
-            self._health.set_standby(False)
-            metrics.IS_LEADER.set(1)
-            try:
-                await self._poll_while_leader()
+                log.warning("leadership_unavailable", error=str(exc), error_type=type(exc).__name__)
             finally:
-                metrics.IS_LEADER.set(0)
-                await self._leadership.release()
+                await lease.release()
+            await self._wait(backoff.failed())
 
-    async def _poll_while_leader(self) -> None:
+    async def _lead(self, lease: Leadership, backoff: Backoff) -> None:
+        """Wait for leadership, then cycle under it until stopped; raises LeadershipLost."""
+        self._health.set_standby(True)
+        if not await lease.acquire(self._stop):
+            return
+        self._health.set_standby(False)
+        metrics.IS_LEADER.set(1)
         self.types.reset()  # another leader may have changed the stored types meanwhile
-        failures = 0
-        while not self.should_exit:
-            started = time.monotonic()
-            self._health.beat()
-            try:
-                await self.run_cycle()
-                failures = 0
-                delay = self._settings.poll_interval_s - (time.monotonic() - started)
-            except StoreConflict as exc:
-                self._cycle_failed(exc)
-                return  # leadership lost: go back to waiting for it
-            except Exception as exc:  # a bug must not kill an always-on daemon; it is logged
-                failures += 1
-                self._cycle_failed(exc)
-                delay = min(self._settings.max_backoff_s,
-                            max(self._settings.poll_interval_s, 1.0) * 2 ** (failures - 1))
-            await self._wait(delay)
+        try:
+            while not self.should_exit:
+                started = time.monotonic()
+                try:
+                    await self.run_cycle(lease)
+                except Exception as exc:  # a bug must not kill an always-on daemon; it is logged
+                    self._cycle_failed(exc)
+                    if isinstance(exc, LeadershipLost):
+                        raise
+                    delay = backoff.failed()
+                else:
+                    backoff.succeeded()
+                    delay = self._settings.poll_interval_s - (time.monotonic() - started)
+                await self._wait(delay)
+        finally:
+            metrics.IS_LEADER.set(0)
 
     async def _wait(self, delay: float) -> None:
         # Waiting on the stop event (not sleeping) makes stop() take effect at once.
@@ -153,45 +173,46 @@ class Poller:
                        on_page: Callable[[Page, ScanStats], None] | None = None) -> ScanStats:
         """Scan one past window as the store's leader (`waiqin-poller backfill`).
 
-        Holding leadership means it never races a daemon's commits; raises StoreConflict when
+        Holding leadership means it never races a daemon's commits; raises LeadershipLost when
         another poller keeps the store for longer than `wait_s`.
         """
-        leadership = self._store.leadership()
+        lease = self._store.leadership()
         try:
-            acquired = await asyncio.wait_for(leadership.acquire(self._stop), wait_s)
-        except TimeoutError:
-            acquired = False
-        if not acquired:
-            await leadership.release()
-            raise StoreConflict("another poller holds the store; stop the daemon (or scale it "
-                                "to 0) for the backfill")
-        self._leadership = leadership
-        try:
-            await self.types.load_once()
-            return await self.scan(win, split_days=split_days, on_page=on_page)
+            try:
+                acquired = await asyncio.wait_for(lease.acquire(self._stop), wait_s)
+            except TimeoutError:
+                acquired = False
+            if not acquired:
+                raise LeadershipLost("another poller holds the store; stop the daemon (or scale "
+                                     "it to 0) for the backfill")
+            await self._outbox.drain(lease)
+            await self.types.refresh(lease)
+            return await self.scan(win, lease, split_days=split_days, on_page=on_page)
         finally:
-            await leadership.release()
+            await lease.release()
 
-    async def run_cycle(self) -> ScanStats:
-        """One cycle: the first run until it completes, then the open window; commits state."""
+    async def run_cycle(self, lease: Leadership) -> ScanStats:
+        """One cycle under `lease`: the first run until it completes, then the open window."""
         self._cycle_number += 1
         with structlog.contextvars.bound_contextvars(cycle=self._cycle_number):
-            return await self._run_cycle()
+            return await self._run_cycle(lease)
 
-    async def _run_cycle(self) -> ScanStats:
+    async def _run_cycle(self, lease: Leadership) -> ScanStats:
         started = self._clock()
         self._health.cycle_started()
         with metrics.CYCLE_DURATION.time():
+            # What an earlier cycle committed but could not send goes out before anything new
+            # is read, so every diff below is against what consumers have been told.
+            await self._outbox.drain(lease)
             state = await self._store.load_state()
             if self._last_success is None:
                 self._last_success = state.last_success_started_at
-            await self.types.load_once()
-            await self.types.refresh_if_due(self._publish)
+            await self.types.refresh(lease)
             if state.baseline_complete:
-                stats, state = await self._steady_cycle(state, started)
+                stats, state = await self._steady_cycle(state, started, lease)
             else:
-                stats, state = await self._first_run_cycle(state, started)
-            await self._store.save_state(state)
+                stats, state = await self._first_run_cycle(state, started, lease)
+            await self._store.commit(Commit(state=state), lease)
         self._last_success = started
         metrics.CYCLES.labels("success").inc()
         metrics.STORE_TASKS.set(await self._store.count_tasks())
@@ -201,23 +222,25 @@ class Poller:
                  window_from=state.window_from.isoformat() if state.window_from else None)
         return stats
 
-    async def _steady_cycle(self, state: PollState, started: datetime) -> tuple[ScanStats, PollState]:
-        win = window.cycle(state, started)
+    async def _steady_cycle(self, state: PollState, started: datetime, lease: Leadership
+                            ) -> tuple[ScanStats, PollState]:
+        win = window.cycle(state, started, lookback=self._lookback)
         metrics.WINDOW_DAYS.set(window.days(win))
-        stats = await self.scan(win, previous_scan=state.last_success_started_at)
+        stats = await self.scan(win, lease, previous_scan=state.last_success_started_at)
         if not stats.is_drift_free:
             metrics.WINDOW_HELD.inc()
         return stats, window.advance(state, started_at=started, lookback=self._lookback,
                                      drift_free=stats.is_drift_free)
 
-    async def _first_run_cycle(self, state: PollState, started: datetime) -> tuple[ScanStats, PollState]:
+    async def _first_run_cycle(self, state: PollState, started: datetime, lease: Leadership
+                               ) -> tuple[ScanStats, PollState]:
         mode = self._settings.start_mode
         # baseline: record unseen tasks silently so a task first seen later really is new;
         # replay: emit every task's events as if each were new. Tasks already stored (an
         # interrupted first run) are diffed as usual, so a change meanwhile is not lost.
         win = window.first_run(self._settings.start_date, started)
         log.info("first_run_pass", mode=mode, passes=state.first_run_passes, **win.describe())
-        stats = await self.scan(win, silent_new=mode == "baseline")
+        stats = await self.scan(win, lease, silent_new=mode == "baseline")
         passes = state.first_run_passes + 1
         state = state.model_copy(update={"start_mode": mode, "first_run_passes": passes})
         if not stats.is_drift_free and passes < MAX_FIRST_RUN_PASSES:
@@ -226,10 +249,10 @@ class Poller:
         state = state.model_copy(update={"baseline_complete": True})
         return stats, window.advance(state, started_at=started, lookback=self._lookback, drift_free=True)
 
-    async def scan(self, win: Window, *, silent_new: bool = False, split_days: int | None = None,
-                   previous_scan: datetime | None = None,
+    async def scan(self, win: Window, lease: Leadership, *, silent_new: bool = False,
+                   split_days: int | None = None, previous_scan: datetime | None = None,
                    on_page: Callable[[Page, ScanStats], None] | None = None) -> ScanStats:
-        """Page through `win`, publishing and committing page by page.
+        """Page through `win` under `lease`, committing and sending page by page.
 
         Raises the source, publish and store errors of the page that failed; everything
         committed before it stays committed (the window is simply scanned again).
@@ -240,108 +263,48 @@ class Poller:
         async with contextlib.aclosing(self._client.iter_pages(win, split_days=split_days)) as pages:
             async for page in pages:
                 self._health.beat()
+                context = plan.PageContext(self._source, page.window, page.number,
+                                           silent_new=silent_new, previous_scan=previous_scan)
                 structlog.contextvars.bind_contextvars(page=page.number, **page.window.describe())
                 try:
-                    await self._process_page(page, stats, seen, silent_new=silent_new,
-                                             previous_scan=previous_scan)
+                    counts = await self._process_page(page, seen, context, lease)
                 finally:
                     structlog.contextvars.unbind_contextvars(
                         "page", "modify_date_from", "modify_date_to")
+                stats.add(counts)
                 if on_page is not None:
                     on_page(page, stats)
         return stats
 
-    async def _process_page(self, page: Page, stats: ScanStats, seen: set[str], *,
-                            silent_new: bool, previous_scan: datetime | None) -> None:
-        tasks, rejects = self._normalise_page(page, stats, seen)
-        observed_at = self._clock()
-        # The fast path: an unchanged task costs one hash compare; only the others are read
-        # in full and diffed field by field.
-        stored = await self._store.get_hashes(list(tasks))
-        different = [t for t in tasks.values() if stored.get(t.task_id) != t.hash]
-        previous = await self._store.get_snapshots([t.task_id for t in different if t.task_id in stored])
-        names = await self.types.names_for({t.type_id for t in different if t.type_id})
-        writes: list[Snapshot] = []
-        records: list[OutboundRecord] = []
-        changed = 0
-        for task in different:
-            before = previous.get(task.task_id)
-            observation = diff.observe(
-                before, task, observed_at=observed_at,
-                type_name=names.get(task.type_id) if task.type_id else None,
-                silent=silent_new and before is None,
-            )
-            if observation.snapshot is not None:
-                writes.append(observation.snapshot)
-            if observation.events:
-                changed += 1
-                records.extend(events.encode(e, source=self._source) for e in observation.events)
-                if _was_skipped(before, task, previous_scan):
-                    metrics.SKIPS_HEALED.inc()
-        marks, dead, reasons = await self._dead_letters(rejects, page)
-        # Publish, then commit. Once publish() returns, Kafka has acknowledged every record
-        # (acks=all); a crash before the commit below replays this page next cycle and re-emits
-        # the same events with the same ce_ids (at-least-once). The other order loses events.
-        await self._publish(records + dead)
-        if writes or marks:
-            assert self._leadership is not None
-            await self._leadership.ensure()
-            # Shielded: cancellation (shutdown) must not leave a page half-committed.
-            await asyncio.shield(self._store.commit_page(writes, marks))
-        stats.changed += changed
-        stats.events += len(records)
-        stats.dead_letters += len(marks)
-        metrics.TASKS_CHANGED.inc(changed)
-        for reason in reasons:
-            metrics.DEAD_LETTERS.labels(reason).inc()
+    async def _process_page(self, page: Page, seen: set[str], context: plan.PageContext,
+                            lease: Leadership) -> plan.PageCounts:
+        received = plan.receive(page.records)
+        stored = await self._store.read_hashes(received.readable_ids)
+        observed = plan.observe(received, stored)
+        known = await self._known(observed, lease)
+        page_plan = plan.plan_page(observed, known, received=received, seen_in_scan=seen,
+                                   ctx=context, now=self._clock())
+        seen.update(received.readable_ids)
+        # Commit, then publish, through the outbox: a page's snapshots and the records derived
+        # from them are written in one transaction before anything is sent, so the store never
+        # runs ahead of or behind what consumers are told. A crash before the send leaves the
+        # records in the outbox (sent first thing next cycle); a failed commit sends nothing.
+        # Publishing first would lose the reverse of a change that is undone while the commit
+        # keeps failing. Shielded: a shutdown must not leave a commit half-done.
+        last_id = await asyncio.shield(self._store.commit(page_plan.commit, lease))
+        await self._outbox.send(page_plan.commit.records, last_id, lease)
+        _count(page_plan.counts)
+        return page_plan.counts
 
-    def _normalise_page(self, page: Page, stats: ScanStats, seen: set[str]
-                        ) -> tuple[dict[str, NormalisedTask], list[tuple[Any, NormaliseError]]]:
-        tasks: dict[str, NormalisedTask] = {}
-        rejects: list[tuple[Any, NormaliseError]] = []
-        for raw in page.records:
-            try:
-                task = normalise.task(raw)
-            except NormaliseError as exc:
-                rejects.append((raw, exc))
-                continue
-            if task.task_id in seen or task.task_id in tasks:
-                # Offset paging over a changing set: harmless (the diff is idempotent) but it
-                # means this scan may also have skipped a task, so the window stays open.
-                stats.repeats += 1
-                metrics.SCAN_REPEATS.inc()
-            tasks[task.task_id] = task  # within one page the last rendering wins
-        seen.update(tasks)
-        stats.pages += 1
-        stats.tasks += len(page.records)
-        metrics.TASKS_FETCHED.inc(len(page.records))
-        return tasks, rejects
-
-    async def _dead_letters(self, rejects: list[tuple[Any, NormaliseError]], page: Page
-                            ) -> tuple[list[DeadLetterMark], list[OutboundRecord], list[str]]:
-        """Dead letters for records not sent before: once per distinct content, not per cycle."""
-        if not rejects:
-            return [], [], []
-        by_fingerprint = {normalise.fingerprint(raw): (raw, exc) for raw, exc in rejects}
-        already = await self._store.seen_dead_letters(list(by_fingerprint))
-        marks: list[DeadLetterMark] = []
-        records: list[OutboundRecord] = []
-        reasons: list[str] = []
-        observed_at = self._clock()
-        for fingerprint, (raw, exc) in by_fingerprint.items():
-            if fingerprint in already:
-                continue
-            log.warning("record_dead_lettered", reason=exc.reason, task_id=exc.task_id)
-            marks.append(DeadLetterMark(fingerprint=fingerprint, task_id=exc.task_id))
-            records.append(events.dead_letter(
-                raw, reason=exc.reason, task_id=exc.task_id, window=page.window.describe(),
-                page=page.number, source=self._source, observed_at=observed_at))
-            reasons.append(exc.kind)
-        return marks, records, reasons
-
-    async def _publish(self, records: Sequence[OutboundRecord]) -> None:
-        if records:
-            await self._publisher.publish(records)
+    async def _known(self, observed: plan.Observed, lease: Leadership) -> plan.Known:
+        """What the store and the type catalog know about the page's changed and bad records."""
+        if not (observed.tasks or observed.rejects):
+            return plan.Known()
+        snapshots = await self._store.read_snapshots(observed.changed_ids) if observed.tasks else {}
+        dead_lettered = (await self._store.seen_dead_letters(observed.fingerprints)
+                         if observed.rejects else set())
+        names = await self.types.names_for(observed.type_ids, lease)
+        return plan.Known(snapshots, dead_lettered, names)
 
     @property
     def _lookback(self) -> timedelta:
@@ -353,8 +316,13 @@ class Poller:
         return max(0.0, (self._clock() - self._last_success).total_seconds())
 
 
-def _was_skipped(before: Snapshot | None, task: NormalisedTask, previous_scan: datetime | None) -> bool:
-    """A change stamped well before the previous scan started should have been seen by it."""
-    if before is None or previous_scan is None or task.modify_time is None:
-        return False
-    return task.modify_time < previous_scan - MODIFY_TIME_PRECISION
+def _count(counts: plan.PageCounts) -> None:
+    """The metrics of one committed and sent page."""
+    metrics.TASKS_FETCHED.inc(counts.records)
+    metrics.TASKS_CHANGED.inc(counts.changed)
+    if counts.repeats:
+        metrics.SCAN_REPEATS.inc(counts.repeats)
+    if counts.skips_healed:
+        metrics.SKIPS_HEALED.inc(counts.skips_healed)
+    for kind, number in counts.dead_letters.items():
+        metrics.DEAD_LETTERS.labels(kind).inc(number)

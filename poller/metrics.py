@@ -57,5 +57,9 @@ SECONDS_BEHIND = Gauge(
     "waiqin_poller_seconds_behind",
     "Now minus the start of the last fully committed cycle (how stale the stream may be).",
 )
+OUTBOX_RESENT = Counter(
+    "waiqin_poller_outbox_resent_total",
+    "Records sent from the outbox after an interrupted send (crash, failed publish, failover).",
+)
 STORE_TASKS = Gauge("waiqin_poller_store_tasks", "Tasks held in the snapshot store.")
 IS_LEADER = Gauge("waiqin_poller_leader", "1 while this process is the active poller.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Literal
@@ -96,23 +97,38 @@ class NormalisedTask:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the store keeps per task. `version` is ce_sequence: it grows by one per observation
-    that produced events, and is 0 for a task recorded silently (baseline)."""
+    """What the store keeps per task: the last observation consumers have been (or are about to
+    be) told about.
+
+    `version` is ce_sequence: it grows by one per observation that produced events, and is 0 for a
+    task recorded silently (baseline). `received` is the hash of the record as last received
+    (normalise.received_hash): an identical rendering is known unchanged without normalising it.
+    """
 
     task_id: str
     hash: str
     document: bytes
     version: int
     modify_time: datetime | None
+    received: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHashes:
+    """The fast path's view of a stored task: its content hash and its last rendering's hash."""
+
+    hash: str
+    received: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class TypeSnapshot:
-    """What the store keeps per task type."""
+    """What the store keeps per task type; `version` grows by one per TaskTypeChanged."""
 
     type_id: str
     hash: str
     document: bytes
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,5 +194,36 @@ class OutboundRecord:
 
     topic: TopicKind
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (compacted topics)
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """What one store transaction writes, all or nothing, fenced by the writer's leadership.
+
+    The records are the outbox: written with the state they announce and published only after
+    the transaction committed, so the store never runs ahead of, or behind, what consumers are told.
+    """
+
+    snapshots: Sequence[Snapshot] = ()
+    # (task_id, received) of tasks re-rendered without a change of content.
+    renderings: Sequence[tuple[str, int]] = ()
+    marks: Sequence[DeadLetterMark] = ()
+    types: Sequence[TypeSnapshot] = ()
+    records: Sequence[OutboundRecord] = ()
+    state: PollState | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the transaction would write nothing (and is skipped)."""
+        return not (self.snapshots or self.renderings or self.marks or self.types
+                    or self.records or self.state is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A committed record not yet acknowledged by Kafka; `id` orders the outbox."""
+
+    id: int
+    record: OutboundRecord

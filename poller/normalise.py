@@ -407,3 +407,23 @@ def _json_type(value: object) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+def received_hash(raw: object) -> int:
+    """A hash of the record exactly as received (signed 64 bits); never raises."""
+    try:
+        body = orjson.dumps(raw)
+    except TypeError:
+        body = repr(raw).encode()
+    value = xxhash.xxh3_64_intdigest(body, seed=NORMALISATION_VERSION)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def task_id_of(raw: object) -> str | None:
+    """The readable task_id of any record, malformed or not; never raises."""
+    if type(raw) is not dict:
+        return None
+    try:
+        return _task_id(raw)
+    except NormaliseError:
+        return None

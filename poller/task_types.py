@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import datetime
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -12,8 +11,9 @@ import structlog
 
 from poller import diff, events, metrics, normalise
 from poller.errors import AUTH_CAUSES, NormaliseError, SourceAuthError, SourceError
-from poller.models import OutboundRecord, TypeSnapshot
-from poller.store.base import SnapshotStore
+from poller.models import Commit, OutboundRecord, TypeSnapshot
+from poller.outbox import Outbox
+from poller.store.base import Leadership, SnapshotStore
 
 log = structlog.get_logger(__name__)
 
@@ -25,67 +25,50 @@ class TypeSource(Protocol):
         """Raw task type records for these ids."""
 
 
-Publish = Callable[[Sequence[OutboundRecord]], Awaitable[None]]
-
 
 class TaskTypeCatalog:
     """Knows every task type the tasks reference, so events can carry the type name.
 
     Types are few, so all of them are kept in memory. Unknown ids are fetched once (their
-    first sight is recorded silently); all known types are re-read every `refresh_s` and a
-    changed definition becomes a TaskTypeChanged on the task-types topic. If the openid is not
-    granted queryTaskType, task events keep flowing without names (DESIGN.md §2).
+    first sight is recorded silently); all known types are re-read every `refresh_s` (by the
+    injected `clock`) and a changed definition becomes a TaskTypeChanged on the task-types
+    topic, committed with the new type version and sent through the outbox. If the openid is
+    not granted queryTaskType, task events keep flowing without names (docs/design.md §2).
     """
 
-    def __init__(self, client: TypeSource, store: SnapshotStore, *, refresh_s: float,
-                 source: str, clock: Callable[[], datetime]) -> None:
+    def __init__(self, client: TypeSource, store: SnapshotStore, outbox: Outbox, *,
+                 refresh_s: float, source: str, clock: Callable[[], datetime]) -> None:
         self._client = client
         self._store = store
-        self._refresh_s = refresh_s
+        self._outbox = outbox
+        self._refresh = timedelta(seconds=refresh_s)
         self._source = source
         self._clock = clock
         self._known: dict[str, TypeSnapshot] = {}
         self._names: dict[str, str | None] = {}
         self._missing: set[str] = set()  # ids the API did not return; asked again on refresh
         self._refused = False
-        self._next_refresh = 0.0
+        self._next_refresh: datetime | None = None
         self._is_loaded = False
 
     def reset(self) -> None:
-        """Forget what is cached; the next load_once() reads the store again."""
+        """Forget what is cached; the next refresh() reads the store again."""
         self._known.clear()
         self._names.clear()
         self._missing.clear()
         self._is_loaded = False
 
-    async def load_once(self) -> None:
-        """Read the stored types, unless already loaded."""
-        if self._is_loaded:
-            return
-        for snapshot in (await self._store.get_types(None)).values():
-            self._remember(snapshot)
-        self._next_refresh = time.monotonic() + self._refresh_s
-        self._is_loaded = True
-
-    async def names_for(self, type_ids: Collection[str]) -> dict[str, str | None]:
-        """Names of these types, fetching the ones never seen; missing names are None."""
-        unknown = [t for t in type_ids if t not in self._known and t not in self._missing]
-        if unknown and not self._refused:
-            fetched = await self._fetch(unknown)
-            firsts = [snap for snap in fetched.values() if snap.type_id not in self._known]
-            if firsts:
-                # The first sight of a type is recorded silently (DESIGN.md §4).
-                await self._store.commit_types(firsts)
-                for snapshot in firsts:
-                    self._remember(snapshot)
-            self._missing.update(t for t in unknown if t not in fetched)
-        return {t: self._names.get(t) for t in type_ids}
-
-    async def refresh_if_due(self, publish: Publish) -> int:
-        """Re-read all known types when due; publish TaskTypeChanged; return events sent."""
-        if time.monotonic() < self._next_refresh:
+    async def refresh(self, lease: Leadership) -> int:
+        """Load the stored types once; re-read all known types when due and commit and send
+        a TaskTypeChanged for each changed definition. Returns the events sent."""
+        if not self._is_loaded:
+            for snapshot in (await self._store.read_types(None)).values():
+                self._remember(snapshot)
+            self._next_refresh = self._clock() + self._refresh
+            self._is_loaded = True
+        if self._next_refresh is not None and self._clock() < self._next_refresh:
             return 0
-        self._next_refresh = time.monotonic() + self._refresh_s
+        self._next_refresh = self._clock() + self._refresh
         self._refused = False  # a grant may have been added in the console meanwhile
         self._missing.clear()
         if not self._known:
@@ -95,19 +78,32 @@ class TaskTypeCatalog:
         changes: list[TypeSnapshot] = []
         records: list[OutboundRecord] = []
         for type_id, current in fetched.items():
-            previous = self._known.get(type_id)
-            if previous is not None and previous.hash == current.hash:
-                continue
-            changes.append(current)
-            for event in diff.observe_type(previous, current, observed_at=observed_at):
-                records.append(events.encode(event, source=self._source))
-        if records:
-            await publish(records)  # publish, then commit: a crash re-emits, never loses
-        if changes:
-            await self._store.commit_types(changes)
-            for snapshot in changes:
-                self._remember(snapshot)
+            changed, stored = diff.observe_type(self._known.get(type_id), current,
+                                                observed_at=observed_at)
+            if stored is not None:
+                changes.append(stored)
+            records.extend(events.encode(event, source=self._source) for event in changed)
+        await self._commit(changes, records, lease)
         return len(records)
+
+    async def names_for(self, type_ids: Collection[str], lease: Leadership) -> dict[str, str | None]:
+        """Names of these types, fetching the ones never seen; missing names are None."""
+        unknown = [t for t in type_ids if t not in self._known and t not in self._missing]
+        if unknown and not self._refused:
+            fetched = await self._fetch(unknown)
+            # The first sight of a type is recorded silently (docs/design.md §4).
+            firsts = [diff.observe_type(None, snap, observed_at=self._clock())[1]
+                      for snap in fetched.values() if snap.type_id not in self._known]
+            await self._commit([snap for snap in firsts if snap is not None], [], lease)
+            self._missing.update(t for t in unknown if t not in fetched)
+        return {t: self._names.get(t) for t in type_ids}
+
+    async def _commit(self, types: list[TypeSnapshot], records: list[OutboundRecord],
+                      lease: Leadership) -> None:
+        last_id = await self._store.commit(Commit(types=types, records=records), lease)
+        for snapshot in types:
+            self._remember(snapshot)
+        await self._outbox.send(records, last_id, lease)
 
     async def _fetch(self, type_ids: Sequence[str]) -> dict[str, TypeSnapshot]:
         try:

@@ -19,7 +19,7 @@ def first_run(start_date: date | None, now: datetime) -> Window:
     return Window(modify_from=start_date, modify_to=max(start_date, beijing_date(now)))
 
 
-def cycle(state: PollState, now: datetime) -> Window:
+def cycle(state: PollState, now: datetime, *, lookback: timedelta) -> Window:
     """The modify-date window of a steady-state cycle: [open start, today].
 
     It is always one query that ends today: within [from, today] a task never leaves the result
@@ -27,9 +27,18 @@ def cycle(state: PollState, now: datetime) -> Window:
     repeated task_ids prove it read every task. Splitting it into per-day queries would lose that.
     """
     assert state.window_from is not None, "cycle() needs a completed first run"
-    today = beijing_date(now)
-    # A clock that went backwards must not produce an empty window (from > to).
-    return Window(modify_from=min(state.window_from, today), modify_to=today)
+    return Window(modify_from=open_from(state.window_from, now, lookback),
+                  modify_to=beijing_date(now))
+
+
+def open_from(window_from: date, now: datetime, lookback: timedelta) -> date:
+    """The window's first day as of `now`: the stored start, but never after (now - lookback).
+
+    The window is derived from our own clock. A clock that jumped ahead (past midnight, further
+    than the lookback) and came back must not leave the start pinned in its future: the days
+    between would never be read again.
+    """
+    return min(window_from, beijing_date(now - lookback))
 
 
 def advance(
@@ -39,14 +48,12 @@ def advance(
 
     The next window starts on the Beijing date of (start - lookback), but only a drift-free scan
     may move the start past a day: while scans keep seeing repeats the day stays open.
-    The start never moves backwards.
     """
     candidate = beijing_date(started_at - lookback)
-    window_from = state.window_from
-    if window_from is None:
+    if state.window_from is None or drift_free:
         window_from = candidate
-    elif drift_free:
-        window_from = max(window_from, candidate)
+    else:
+        window_from = open_from(state.window_from, started_at, lookback)
     return state.model_copy(
         update={"window_from": window_from, "last_success_started_at": started_at}
     )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from poller import diff, normalise
 from poller.events import TaskEvent
-from poller.models import BEIJING, Snapshot
+from poller.models import BEIJING, NormalisedTask, Snapshot
 from tests.strategies import mutation_steps, raw_tasks, renderings
 from tests.test_normalise import VENDOR_RECORD
 
@@ -47,9 +47,12 @@ def after(**changes: Any) -> dict[str, Any]:
 
 def stored(raw: dict[str, Any], version: int = 3) -> Snapshot:
     """The snapshot the store holds for `raw`."""
-    result = diff.observe(None, normalise.task(raw), observed_at=OBSERVED_AT, silent=True)
-    assert result.snapshot is not None
-    return dataclasses.replace(result.snapshot, version=version)
+    return written(normalise.task(raw), version)
+
+
+def written(task: NormalisedTask, version: int) -> Snapshot:
+    """The snapshot a commit writes for an observed task at `version`."""
+    return Snapshot(task.task_id, task.hash, task.document, version, task.modify_time)
 
 
 def observe(before: dict[str, Any] | None, now: dict[str, Any]) -> diff.Observation:
@@ -147,7 +150,7 @@ class TestTable:
         first = result.events[0].model_dump()
         for key, value in details.items():
             assert first[key] == value
-        assert result.snapshot is not None and result.snapshot.version == 4
+        assert result.version == 4
 
     def test_feedback_oldest_first(self) -> None:
         """Several new feedback entries come out oldest first, each carrying its entry."""
@@ -190,7 +193,7 @@ class TestCreation:
         """A new task yields TaskCreated, then the rest as if it had no feedback, status 0/1."""
         result = observe(None, raw)
         assert types(result.events) == expected
-        assert result.snapshot is not None and result.snapshot.version == 1
+        assert result.version == 1
         assert all(event.sequence == 1 for event in result.events)
 
     def test_status_event_from_zero(self) -> None:
@@ -203,7 +206,7 @@ class TestCreation:
         result = diff.observe(None, normalise.task(VENDOR_RECORD), observed_at=OBSERVED_AT,
                               silent=True)
         assert result.events == []
-        assert result.snapshot is not None and result.snapshot.version == 0
+        assert result.version == 0
 
 
 class TestSilent:
@@ -218,9 +221,7 @@ class TestSilent:
         """A change that is not news rewrites the snapshot at the same version, no events."""
         result = observe(BEFORE, now)
         assert result.events == []
-        assert result.snapshot is not None
-        assert result.snapshot.version == 3
-        assert result.snapshot.hash == normalise.task(now).hash
+        assert result.version == 3
 
     def test_unchanged_hash(self) -> None:
         """The same hash yields no events and nothing to write."""
@@ -233,15 +234,14 @@ class TestSilent:
                             version=3, modify_time=None)
         result = diff.observe(previous, normalise.task(BEFORE), observed_at=OBSERVED_AT)
         assert result.events == []
-        assert result.snapshot is not None and result.snapshot.version == 3
+        assert result.version == 3
 
     def test_new_normalisation_version_does_not_flood(self) -> None:
         """A hash that differs only because the rules changed yields no events."""
         previous = dataclasses.replace(stored(VENDOR_RECORD), hash="hash-of-normalisation-v0")
         result = diff.observe(previous, normalise.task(VENDOR_RECORD), observed_at=OBSERVED_AT)
         assert result.events == []
-        assert result.snapshot is not None and result.snapshot.version == 3
-        assert result.snapshot.hash == normalise.task(VENDOR_RECORD).hash
+        assert result.version == 3
 
 
 class TestIds:
@@ -252,17 +252,30 @@ class TestIds:
         assert first == [event.id for event in observe(BEFORE, now).events]
         assert len(set(first)) == len(first)
 
-    def test_feedback_id_is_the_entry(self) -> None:
-        """A feedback entry has the same id whichever observation reports it."""
-        one = observe(BEFORE, after(feedback_detail=[FEEDBACK_1])).events[0]
-        other = observe(None, after(feedback_detail=[FEEDBACK_1], task_content="x")).events[1]
-        assert one.type == other.type == "FeedbackAdded" and one.id == other.id
+    def test_feedback_entries_of_one_observation_differ(self) -> None:
+        """Two feedback entries added at once get two ids."""
+        first, second = observe(BEFORE, after(feedback_detail=[FEEDBACK_1, FEEDBACK_2])).events
+        assert first.type == second.type == "FeedbackAdded" and first.id != second.id
 
     def test_different_states_differ(self) -> None:
         """Two different updates of a task get different ids."""
         one = observe(BEFORE, after(task_content="a")).events[0]
         other = observe(BEFORE, after(task_content="b")).events[0]
         assert one.id != other.id
+
+    def test_a_task_changing_back_and_forth_never_reuses_an_id(self) -> None:
+        """A→B→A→B (a receiver added, removed, added again) gives three changes three ids: the
+        version each observation gives the task is part of the id."""
+        a, b = BEFORE, after(receivers=[LM, {"id": "u-9", "name": "周九"}])
+        snapshot = stored(a, version=0)
+        ids: list[str] = []
+        for raw in (b, a, b):
+            task = normalise.task(raw)
+            result = diff.observe(snapshot, task, observed_at=OBSERVED_AT)
+            ids.extend(event.id for event in result.events)
+            assert result.version is not None
+            snapshot = written(task, result.version)
+        assert len(ids) == 3 and len(set(ids)) == 3
 
 
 class TestObserveType:
@@ -271,25 +284,41 @@ class TestObserveType:
 
     def test_first_sight_silent(self) -> None:
         """The first sight of a type is recorded without an event."""
-        assert diff.observe_type(None, self.type_snapshot(), observed_at=OBSERVED_AT) == []
+        events, stored_type = diff.observe_type(None, self.type_snapshot(), observed_at=OBSERVED_AT)
+        assert events == [] and stored_type is not None and stored_type.version == 0
 
     def test_unchanged(self) -> None:
         """A type re-read unchanged yields nothing."""
         snap = self.type_snapshot()
-        assert diff.observe_type(snap, self.type_snapshot(), observed_at=OBSERVED_AT) == []
+        assert diff.observe_type(snap, self.type_snapshot(), observed_at=OBSERVED_AT) == ([], None)
 
     def test_renamed(self) -> None:
         """A renamed type yields TaskTypeChanged with the change and the full type."""
-        [event] = diff.observe_type(self.type_snapshot(), self.type_snapshot(type_name="巡店"),
-                                    observed_at=OBSERVED_AT)
+        [event], stored_type = diff.observe_type(
+            dataclasses.replace(self.type_snapshot(), version=2), self.type_snapshot(type_name="巡店"),
+            observed_at=OBSERVED_AT)
+        assert stored_type is not None and stored_type.version == 3
         assert event.type_id == "10001"
         assert event.changes["type_name"].model_dump() == {"before": "巡检", "after": "巡店"}
         assert event.task_type.type_name == "巡店"
 
     def test_normalisation_only(self) -> None:
         """A type whose hash changed only through normalisation yields nothing."""
-        previous = dataclasses.replace(self.type_snapshot(), hash="old")
-        assert diff.observe_type(previous, self.type_snapshot(), observed_at=OBSERVED_AT) == []
+        previous = dataclasses.replace(self.type_snapshot(), hash="old", version=2)
+        events, stored_type = diff.observe_type(previous, self.type_snapshot(), observed_at=OBSERVED_AT)
+        assert events == [] and stored_type is not None and stored_type.version == 2
+
+    def test_renamed_back_and_forth_never_reuses_an_id(self) -> None:
+        """A type renamed A→B→A→B gets three ids: its own version is part of each."""
+        current = self.type_snapshot()
+        ids = []
+        for name in ("巡店", "巡检", "巡店"):
+            [event], stored_type = diff.observe_type(current, self.type_snapshot(type_name=name),
+                                                     observed_at=OBSERVED_AT)
+            assert stored_type is not None
+            ids.append(event.id)
+            current = stored_type
+        assert len(set(ids)) == 3
 
 
 class TestProperties:
@@ -308,12 +337,12 @@ class TestProperties:
         snapshot = stored(raw, version=0)
         for _ in range(data.draw(st.integers(1, 6))):
             raw, expected = data.draw(mutation_steps(raw))
-            result = diff.observe(snapshot, normalise.task(raw), observed_at=OBSERVED_AT)
+            task = normalise.task(raw)
+            result = diff.observe(snapshot, task, observed_at=OBSERVED_AT)
             assert types(result.events) == expected
-            assert result.snapshot is not None
-            assert result.snapshot.version == snapshot.version + (1 if expected else 0)
-            assert all(event.sequence == result.snapshot.version for event in result.events)
-            snapshot = result.snapshot
+            assert result.version == snapshot.version + (1 if expected else 0)
+            assert all(event.sequence == result.version for event in result.events)
+            snapshot = written(task, result.version)
 
     @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks())

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller import diff, events, normalise
-from poller.models import OutboundRecord
+from poller.models import OutboundRecord, Snapshot
 from tests.strategies import mutation_steps, raw_tasks
 from tests.test_normalise import VENDOR_RECORD
 
@@ -69,7 +69,7 @@ class TestEncode:
         """TaskTypeChanged goes to task-types, keyed by type_id, without a sequence."""
         before = normalise.task_type({"type_id": "10001", "type_name": "巡检"})
         after = normalise.task_type({"type_id": "10001", "type_name": "巡店"})
-        [event] = diff.observe_type(before, after, observed_at=OBSERVED_AT)
+        [event], _ = diff.observe_type(before, after, observed_at=OBSERVED_AT)
         record = events.encode(event, source=SOURCE)
         headers = dict(record.headers)
         assert record.topic == "task-types" and record.key == b"10001"
@@ -122,10 +122,12 @@ class TestRoundTrip:
     @given(raw_tasks(), st.data())
     def test_events_survive_encoding(self, raw: dict[str, Any], data: st.DataObject) -> None:
         """Every event decodes from its Kafka record to an equal event, header ids matching."""
-        first = diff.observe(None, normalise.task(raw), observed_at=OBSERVED_AT)
+        task = normalise.task(raw)
+        first = diff.observe(None, task, observed_at=OBSERVED_AT)
         later, _ = data.draw(mutation_steps(raw))
-        assert first.snapshot is not None
-        second = diff.observe(first.snapshot, normalise.task(later), observed_at=OBSERVED_AT)
+        assert first.version is not None
+        stored = Snapshot(task.task_id, task.hash, task.document, first.version, task.modify_time)
+        second = diff.observe(stored, normalise.task(later), observed_at=OBSERVED_AT)
         for event in [*first.events, *second.events]:
             record = events.encode(event, source=SOURCE)
             assert events.decode(record) == event

@@ -48,8 +48,9 @@ def check_record(raw: object) -> NormalisedTask | None:
     first = diff.observe(None, task, observed_at=OBSERVED_AT)
     for event in first.events:
         events.encode(event, source="fuzz")
-    assert first.snapshot is not None
-    again = diff.observe(first.snapshot, task, observed_at=OBSERVED_AT)
+    stored = first.snapshot(task)
+    assert stored is not None
+    again = diff.observe(stored, task, observed_at=OBSERVED_AT)
     assert again.events == [], "the same observation twice must be silent"
     return task
 
@@ -126,10 +127,10 @@ async def _scan(pages: list[list[Any]]) -> tuple[MemoryStore, MemoryPublisher]:
     await publisher.start()
     poller = Poller(PollSettings(), client=_Pages(pages), store=store, publisher=publisher,
                     health=HealthState(stuck_after_s=60, ready_window_s=60), source="fuzz")
-    poller._leadership = store.leadership()
-    assert await poller._leadership.acquire(asyncio.Event())
+    lease = store.leadership()
+    assert await lease.acquire(asyncio.Event())
     today = datetime.now(UTC).date()
-    await poller.scan(Window(modify_from=today, modify_to=today))
+    await poller.scan(Window(modify_from=today, modify_to=today), lease)
     return store, publisher
 
 

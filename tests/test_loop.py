@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -13,14 +14,21 @@ from prometheus_client import REGISTRY
 
 from poller import events
 from poller.config import PollSettings, Settings
-from poller.errors import PublishUnavailable, SourceResponseError, StoreUnavailable
-from poller.fetch import WaiqinClient
+from poller.errors import (
+    LeadershipLost,
+    PublishUnavailable,
+    SourceResponseError,
+    StoreConflict,
+    StoreUnavailable,
+)
+from poller.fetch import Page, WaiqinClient
 from poller.http import HealthState
-from poller.loop import Poller
-from poller.models import OutboundRecord
+from poller.loop import Poller, ScanStats
+from poller.models import Commit, OutboundRecord, Window, beijing_now
 from poller.publish import MemoryPublisher
 from poller.simulator import Simulator
 from poller.store.memory import MemoryStore
+from tests.consumer_model import ConsumerModel
 from tests.fixtures.simulator import settings_for
 from tests.integration.harness import eventually
 
@@ -34,26 +42,45 @@ def poll_settings(**overrides: str) -> PollSettings:
     return Settings.load(env).poll
 
 
+class Clock:
+    """The poller's clock: the real Beijing time plus an offset a test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return beijing_now() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
 class Rig:
     """A Poller wired to a simulator, a memory store and a memory publisher."""
 
     def __init__(self, sim: Simulator, client: WaiqinClient, settings: PollSettings) -> None:
         self.sim = sim
+        self.client = client
+        self.settings = settings
+        self.clock = Clock()
         self.store = MemoryStore()
         self.publisher = MemoryPublisher()
         self.health = HealthState(stuck_after_s=60, ready_window_s=60)
-        self.poller = Poller(settings, client=client, store=self.store, publisher=self.publisher,
-                             health=self.health, source=SOURCE)
+        self.poller = self.new_poller()
 
-    async def cycle(self) -> Any:
+    def new_poller(self) -> Poller:
+        """Another poller on the same store and broker, as after a restart or a failover."""
+        return Poller(self.settings, client=self.client, store=self.store,
+                      publisher=self.publisher, health=self.health, source=SOURCE, clock=self.clock)
+
+    async def cycle(self, poller: Poller | None = None) -> ScanStats:
         """One cycle as the leader (the loop normally acquires leadership first)."""
-        leadership = self.store.leadership()
-        assert await leadership.acquire(asyncio.Event())
-        self.poller._leadership = leadership
+        lease = self.store.leadership()
+        assert await lease.acquire(asyncio.Event())
         try:
-            return await self.poller.run_cycle()
+            return await (poller or self.poller).run_cycle(lease)
         finally:
-            await leadership.release()
+            await lease.release()
 
     def types(self, topic: str = "tasks") -> list[str]:
         return [dict(r.headers)["ce_type"].decode() for r in self.publisher.of(topic)]  # type: ignore[arg-type]
@@ -65,6 +92,26 @@ class Rig:
         ids = [t for t, task in self.sim.store.tasks.items()
                if str(task["status"]) == "1" and str(task["task_status"]) == "0"]
         return ids[:count]
+
+    def consumer(self) -> ConsumerModel:
+        """A consumer that read everything published so far."""
+        return ConsumerModel().apply_all(self.publisher.of("tasks"))
+
+    def truth(self, *task_ids: str) -> dict[str, dict[str, Any]]:
+        return {task_id: self.sim.store.get(task_id) for task_id in task_ids}
+
+    async def open_window_days_back(self, days: int) -> None:
+        """Move the stored window start back, so one scan spans several pages of older tasks."""
+        state = await self.store.load_state()
+        lease = self.store.leadership()
+        assert await lease.acquire(asyncio.Event())
+        await self.store.commit(Commit(state=state.model_copy(
+            update={"window_from": today() - timedelta(days=days)})), lease)
+        await lease.release()
+
+
+def today() -> date:
+    return beijing_now().date()
 
 
 @pytest.fixture
@@ -91,6 +138,10 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def ids(records: list[OutboundRecord]) -> list[bytes]:
+    return [dict(r.headers)["ce_id"] for r in records]
+
+
 class TestFirstRun:
     async def test_baseline_records_history_silently(self, make_rig: Callable[..., Any]) -> None:
         """A baseline stores every task and publishes nothing."""
@@ -109,22 +160,119 @@ class TestFirstRun:
 
     async def test_start_date_limits_the_first_scan(self, make_rig: Callable[..., Any]) -> None:
         """With a start date only tasks modified since then are recorded."""
-        rig = await make_rig(POLLER_START_DATE=(rig_today() - timedelta(days=0)).isoformat())
+        rig = await make_rig(POLLER_START_DATE=today().isoformat())
         await rig.cycle()
-        today = rig_today().isoformat()
-        expected = sum(1 for t in rig.sim.store.tasks.values() if t["modify_time"][:10] >= today)
+        expected = sum(1 for t in rig.sim.store.tasks.values()
+                       if t["modify_time"][:10] >= today().isoformat())
         assert await rig.store.count_tasks() == expected
 
 
-def rig_today() -> Any:
-    from poller.models import beijing_now
-    return beijing_now().date()
-
-
 class TestSteadyState:
-    async def test_a_change_is_published_before_its_snapshot_is_committed(
+    async def test_unchanged_window_publishes_nothing(self, make_rig: Callable[..., Any]) -> None:
+        """Cycles over drifting renderings of unchanged tasks publish and commit nothing new."""
+        rig = await make_rig()
+        for _ in range(4):
+            await rig.cycle()
+        assert rig.publisher.records == []
+
+    async def test_an_identical_rendering_is_not_normalised_again(
             self, make_rig: Callable[..., Any]) -> None:
-        """A failed publish commits nothing, and the retry re-emits the same ce_ids."""
+        """With a tidy API every task of a second scan is recognised by its rendering alone."""
+        rig = await make_rig(sim_kwargs={"drift": False})
+        await rig.cycle()
+        await rig.open_window_days_back(3)
+        stats = await rig.cycle()
+        assert stats.tasks > 0 and stats.unchanged == stats.tasks and stats.changed == 0
+
+    async def test_repeats_are_counted_and_emit_once(self, make_rig: Callable[..., Any]) -> None:
+        """A change mid-scan repeats a task: counted as drift, its change emitted once."""
+        rig = await make_rig(rows=5)
+        await rig.cycle()
+        win = Window(modify_from=today() - timedelta(days=3), modify_to=today())
+        mutated = rig.sim.store.query(modify_from=win.modify_from, modify_to=win.modify_to)[0]["task_id"]
+
+        def mutate_after_first_page(page: Page, stats: ScanStats) -> None:
+            if page.number == 1:
+                rig.sim.store.update_fields(mutated, task_content="中途修改")
+
+        lease = rig.store.leadership()
+        assert await lease.acquire(asyncio.Event())
+        repeats = metric("waiqin_poller_scan_repeats_total")
+        stats = await rig.poller.scan(win, lease, on_page=mutate_after_first_page)
+        await lease.release()
+        assert stats.repeats >= 1 and metric("waiqin_poller_scan_repeats_total") > repeats
+        assert rig.types().count("TaskUpdated") == 1
+
+    async def test_a_repeated_malformed_record_holds_the_window(
+            self, make_rig: Callable[..., Any]) -> None:
+        """A malformed record whose task_id is readable counts in the repeat check like any
+        other: seen on two pages of one scan, it keeps the scanned days in the window."""
+        rig = await make_rig(rows=5)
+        await rig.cycle()
+        await rig.open_window_days_back(3)
+        held = (await rig.store.load_state()).window_from
+        rig.sim.inject("malformed_record", count=2, endpoint="queryTask",
+                       record={"task_id": "bad-1", "receivers": "张伟"})
+        stats = await rig.cycle()
+        assert stats.repeats >= 1
+        assert (await rig.store.load_state()).window_from == held
+
+    async def test_a_server_ignoring_page_fails_the_cycle(self, make_rig: Callable[..., Any]) -> None:
+        """Identical full pages raise instead of looping forever."""
+        rig = await make_rig(rows=5)
+        await rig.cycle()
+        await rig.open_window_days_back(3)
+        rig.sim.inject("ignore_page", count=10)
+        with pytest.raises(SourceResponseError, match="ignores `page`"):
+            await rig.cycle()
+
+
+class TestStoreAndStreamAgree:
+    async def test_a_failed_commit_publishes_nothing_and_the_revert_is_not_lost(
+            self, make_rig: Callable[..., Any]) -> None:
+        """A change whose commit fails is not published; when the task changes back before the
+        next cycle, the consumer still ends with the task as it is."""
+        rig = await make_rig()
+        await rig.cycle()
+        task_id = rig.fresh(1)[0]
+        before = rig.sim.store.get(task_id)["receivers"]
+        rig.sim.store.reassign(task_id, [*before, {"id": "u-extra", "name": "新人"}])
+        rig.store.fail("commit", error=StoreUnavailable("disk full"))
+        with pytest.raises(StoreUnavailable):
+            await rig.cycle()
+        assert rig.publisher.records == []
+        rig.sim.store.reassign(task_id, before)
+        await rig.cycle()
+        consumer = rig.consumer()
+        assert consumer.contradictions == []
+        assert task_id not in consumer.tasks  # nothing to tell: A, then A again
+
+    async def test_a_failed_publish_is_resent_first_and_the_revert_follows(
+            self, make_rig: Callable[..., Any]) -> None:
+        """A committed change whose publish fails stays in the outbox; the next cycle sends it
+        first, then the reverse change with the next sequence: the consumer ends with A."""
+        rig = await make_rig()
+        await rig.cycle()
+        task_id = rig.fresh(1)[0]
+        before = rig.sim.store.get(task_id)["receivers"]
+        rig.sim.store.reassign(task_id, [*before, {"id": "u-extra", "name": "新人"}])
+        rig.publisher.fail_next(1)
+        with pytest.raises(PublishUnavailable):
+            await rig.cycle()
+        assert await rig.store.outbox_depth() == 1
+        rig.sim.store.reassign(task_id, before)
+        await rig.cycle()
+        records = rig.records_of(task_id)
+        sent = [(dict(r.headers)["ce_type"], dict(r.headers)["ce_sequence"]) for r in records]
+        assert sent == [(b"TaskReassigned", b"1"), (b"TaskReassigned", b"2")]
+        consumer = rig.consumer()
+        assert consumer.contradictions == [] and consumer.differences(rig.truth(task_id)) == []
+        assert await rig.store.outbox_depth() == 0
+
+    async def test_a_restarted_poller_resends_the_outbox_byte_for_byte(
+            self, make_rig: Callable[..., Any]) -> None:
+        """What a crashed poller committed but did not send, its successor sends unchanged
+        (same ids, same payloads) before reading anything new."""
         rig = await make_rig()
         await rig.cycle()
         task_id = rig.fresh(1)[0]
@@ -132,74 +280,126 @@ class TestSteadyState:
         rig.publisher.fail_next(1)
         with pytest.raises(PublishUnavailable):
             await rig.cycle()
-        assert rig.publisher.records == []
-        stored = (await rig.store.get_snapshots([task_id]))[task_id]
-        assert stored.version == 0, "the page must not be committed without acks"
-        await rig.cycle()
-        first = [dict(r.headers)["ce_id"] for r in rig.records_of(task_id)]
-        assert [dict(r.headers)["ce_type"] for r in rig.records_of(task_id)] == [
-            b"FeedbackAdded", b"TaskFeedbackSubmitted"]
-        assert (await rig.store.get_snapshots([task_id]))[task_id].version == 1
-        # A crash after publish, before commit: the next cycle re-emits identical ids.
-        rig.sim.store.set_task_status(task_id, 2)
-        commit = rig.store.commit_page
+        committed = [entry.record for entry in await rig.store.pending(10)]
+        requests = rig.sim.requests["queryTask"]
+        rig.sim.inject("http_500", count=50, endpoint="queryTask")  # nothing new can be read
+        with pytest.raises(Exception, match="500"):
+            await rig.cycle(rig.new_poller())
+        assert rig.publisher.records == committed and rig.sim.requests["queryTask"] > requests
+        assert [dict(r.headers)["ce_type"] for r in committed] == [b"FeedbackAdded",
+                                                                   b"TaskFeedbackSubmitted"]
 
-        async def crash_once(*args: Any, **kwargs: Any) -> None:
-            rig.store.commit_page = commit  # type: ignore[method-assign]
-            raise StoreUnavailable("disk gone")
-
-        rig.store.commit_page = crash_once  # type: ignore[method-assign]
-        before = len(rig.publisher.records)
-        with pytest.raises(StoreUnavailable):
-            await rig.cycle()
-        published_once = [dict(r.headers)["ce_id"] for r in rig.publisher.records[before:]]
-        await rig.cycle()
-        again = [dict(r.headers)["ce_id"] for r in rig.publisher.records[before + len(published_once):]]
-        assert published_once and again[-len(published_once):] == published_once
-        assert first == [dict(r.headers)["ce_id"] for r in rig.records_of(task_id)][:2]
-
-    async def test_unchanged_window_publishes_nothing(self, make_rig: Callable[..., Any]) -> None:
-        """Cycles over drifting renderings of unchanged tasks publish nothing."""
+    async def test_a_task_changing_back_and_forth_gets_new_ids(self, make_rig: Callable[..., Any]) -> None:
+        """A→B→A→B within one minute: three changes, three sequences, three different ids."""
         rig = await make_rig()
-        for _ in range(4):
+        await rig.cycle()
+        task_id = rig.fresh(1)[0]
+        a = rig.sim.store.get(task_id)["receivers"]
+        b = [*a, {"id": "u-extra", "name": "新人"}]
+        for receivers in (b, a, b):
+            rig.sim.store.reassign(task_id, receivers)
             await rig.cycle()
+        records = rig.records_of(task_id)
+        assert [dict(r.headers)["ce_sequence"] for r in records] == [b"1", b"2", b"3"]
+        assert len(set(ids(records))) == 3
+        consumer = rig.consumer()
+        assert consumer.contradictions == [] and consumer.differences(rig.truth(task_id)) == []
+
+
+class TestNoRecordStopsTheStream:
+    @pytest.mark.parametrize("poison", [
+        pytest.param({"x_deep": "nested"}, id="nested-600-levels"),
+        pytest.param({"create_time": "9999-12-31T23:59:00-05:00"}, id="time-out-of-range"),
+        pytest.param({"x_big": 2**70}, id="integer-beyond-64-bits"),
+    ])
+    async def test_a_poison_record_is_dead_lettered_and_the_rest_flows(
+            self, make_rig: Callable[..., Any], poison: dict[str, Any]) -> None:
+        """A record no rule can read goes to the dead-letter topic once; the other changes of
+        the page are published and the window moves on."""
+        rig = await make_rig()
+        await rig.cycle()
+        good, bad = rig.fresh(2)
+        fields = {"x_deep": _nested(600)} if "x_deep" in poison else poison
+        record = {**rig.sim.store.get(bad), **fields, "modify_time": rig.sim.store.get(bad)["modify_time"]}
+        rig.sim.inject("malformed_record", count=3, endpoint="queryTask", record=record)
+        rig.sim.store.add_feedback(good)
+        for _ in range(3):
+            await rig.cycle()
+        assert rig.types("dead-letter") == ["DeadLetter"]
+        assert "FeedbackAdded" in [dict(r.headers)["ce_type"].decode() for r in rig.records_of(good)]
+        assert (await rig.store.load_state()).window_from is not None
+
+
+class TestBackoff:
+    async def test_a_persistent_store_error_is_backed_off_not_spun(
+            self, make_rig: Callable[..., Any]) -> None:
+        """An unreadable poll state (StoreConflict on every cycle) waits between attempts and
+        keeps the leadership instead of failing thousands of times a second."""
+        rig = await make_rig(POLLER_MAX_BACKOFF_SECONDS="0.2")
+        rig.store.fail("load_state", times=10**6, error=StoreConflict("unreadable poll state"))
+        failures = metric("waiqin_poller_cycles_total", outcome="failure")
+        task = asyncio.create_task(rig.poller.run())
+        started = time.monotonic()
+        try:
+            await eventually(lambda: metric("waiqin_poller_cycles_total", outcome="failure")
+                             >= failures + 4, timeout_s=10, interval_s=0.01)
+            elapsed = time.monotonic() - started
+        finally:
+            rig.poller.stop()
+            await asyncio.wait_for(task, 5)
+        assert elapsed >= 3 * 0.2 * 0.9, f"4 failures in {elapsed:.3f}s: not backed off"
+
+    async def test_store_outage_is_waited_out(self, make_rig: Callable[..., Any]) -> None:
+        """run() survives failing cycles and goes on once the store is back."""
+        rig = await make_rig(POLLER_MAX_BACKOFF_SECONDS="0.05")
+        rig.store.fail("load_state", times=3)
+        failures = metric("waiqin_poller_cycles_total", outcome="failure")
+        task = asyncio.create_task(rig.poller.run())
+        try:
+            await eventually(lambda: rig.health.last_success_at is not None, timeout_s=10, interval_s=0.01)
+            assert metric("waiqin_poller_cycles_total", outcome="failure") >= failures + 3
+        finally:
+            rig.poller.stop()
+            await asyncio.wait_for(task, 5)
+
+
+class TestFencing:
+    async def test_a_deposed_leader_publishes_and_commits_nothing(
+            self, make_rig: Callable[..., Any]) -> None:
+        """A poller whose lock was taken away sends nothing and writes nothing: not the
+        page's events, not the outbox of earlier cycles, not the poll state."""
+        rig = await make_rig()
+        await rig.cycle()
+        task_id = rig.fresh(1)[0]
+        rig.sim.store.add_feedback(task_id)
+        state = await rig.store.load_state()
+        lease = rig.store.leadership()
+        assert await lease.acquire(asyncio.Event())
+        rig.store.revoke_leadership()
+        with pytest.raises(LeadershipLost):
+            await rig.poller.run_cycle(lease)
         assert rig.publisher.records == []
+        assert await rig.store.load_state() == state and await rig.store.outbox_depth() == 0
 
-    async def test_repeats_hold_the_window_and_emit_once(self, make_rig: Callable[..., Any]) -> None:
-        """A change mid-scan repeats a task: counted, window kept open, no double events."""
-        rig = await make_rig(rows=5)
-        await rig.cycle()
-        # Move the whole window back so the scan spans several pages of older tasks.
-        state = await rig.store.load_state()
-        old = state.model_copy(update={"window_from": rig_today() - timedelta(days=3)})
-        await rig.store.save_state(old)
-        first_page_ids = [t["task_id"] for t in rig.sim.store.query(
-            modify_from=old.window_from, modify_to=rig_today())[:5]]
-        mutated = first_page_ids[0]
-        original = rig.poller._process_page
-
-        async def mutate_after_first_page(page: Any, *args: Any, **kwargs: Any) -> None:
-            await original(page, *args, **kwargs)
-            if page.number == 1:
-                rig.sim.store.update_fields(mutated, task_content="中途修改")
-
-        rig.poller._process_page = mutate_after_first_page  # type: ignore[method-assign]
-        repeats = metric("waiqin_poller_scan_repeats_total")
-        stats = await rig.cycle()
-        assert stats.repeats >= 1 and metric("waiqin_poller_scan_repeats_total") > repeats
-        assert (await rig.store.load_state()).window_from == old.window_from
-        assert rig.types().count("TaskUpdated") == 1
-
-    async def test_a_server_ignoring_page_fails_the_cycle(self, make_rig: Callable[..., Any]) -> None:
-        """Identical full pages raise instead of looping forever; the loop survives it."""
-        rig = await make_rig(rows=5)
-        await rig.cycle()
-        state = await rig.store.load_state()
-        await rig.store.save_state(state.model_copy(
-            update={"window_from": rig_today() - timedelta(days=3)}))
-        rig.sim.inject("ignore_page", count=10)
-        with pytest.raises(SourceResponseError, match="ignores `page`"):
-            await rig.cycle()
+    async def test_lost_leadership_is_regained_before_polling_again(
+            self, make_rig: Callable[..., Any]) -> None:
+        """A cycle that finds its lock lost fails before committing; polling resumes once the
+        lock is acquired again, and the change is published then."""
+        rig = await make_rig(POLLER_MAX_BACKOFF_SECONDS="0.05")
+        task = asyncio.create_task(rig.poller.run())
+        try:
+            await eventually(lambda: rig.health.last_success_at is not None, timeout_s=10, interval_s=0.01)
+            failures = metric("waiqin_poller_cycles_total", outcome="failure")
+            task_id = rig.fresh(1)[0]
+            rig.store.revoke_leadership()
+            rig.sim.store.add_feedback(task_id)
+            await eventually(lambda: rig.store.snapshots[task_id].version, timeout_s=10, interval_s=0.01)
+            assert metric("waiqin_poller_cycles_total", outcome="failure") > failures
+            await eventually(lambda: rig.records_of(task_id), timeout_s=10, interval_s=0.01)
+            assert rig.types()[0] == "FeedbackAdded"
+        finally:
+            rig.poller.stop()
+            await asyncio.wait_for(task, 5)
 
 
 class TestDeadLetters:
@@ -212,27 +412,60 @@ class TestDeadLetters:
             await rig.cycle()
         dead = rig.publisher.of("dead-letter")
         assert len(dead) == 1
+        assert dead[0].value is not None
         body = orjson.loads(dead[0].value)
         assert body["raw"]["task_content"] == "没有任务编号的记录" and body["page"] == 1
         assert dead[0].key == b""
+
+    async def test_a_re_rendered_bad_record_is_not_a_new_dead_letter(
+            self, make_rig: Callable[..., Any]) -> None:
+        """The same bad record rendered differently (numbers as strings, other key order, an
+        empty field) is the same content: dead-lettered once."""
+        rig = await make_rig()
+        await rig.cycle()
+        renderings = [
+            {"task_id": "bad-7", "receivers": "张伟", "status": 1, "execute_demand": 2},
+            {"execute_demand": "2", "status": "1", "receivers": "张伟", "task_id": "bad-7",
+             "achievement": ""},
+        ]
+        for rendering in renderings:
+            rig.sim.inject("malformed_record", count=1, endpoint="queryTask", record=rendering)
+            await rig.cycle()
+        assert rig.types("dead-letter") == ["DeadLetter"]
 
 
 class TestTaskTypes:
     async def test_events_carry_type_names_and_type_changes_are_published(
             self, make_rig: Callable[..., Any]) -> None:
-        """Task events carry the type name; a changed type yields TaskTypeChanged."""
-        rig = await make_rig(POLLER_TYPE_REFRESH_SECONDS="0.01")
+        """Task events carry the type name; a changed type yields TaskTypeChanged once the
+        refresh interval has passed on the poller's clock."""
+        rig = await make_rig(POLLER_TYPE_REFRESH_SECONDS="60")
         await rig.cycle()
         task_id = rig.fresh(1)[0]
         type_id = str(rig.sim.store.tasks[task_id]["task_type_id"])
         rig.sim.store.update_type(type_id, type_name="重点客户拜访")
         rig.sim.store.add_feedback(task_id)
-        await asyncio.sleep(0.02)  # let the refresh interval elapse (a clock, not a sync point)
         await rig.cycle()
-        changed = rig.publisher.of("task-types")
-        assert [dict(r.headers)["ce_type"] for r in changed] == [b"TaskTypeChanged"]
-        feedback = events.decode(rig.records_of(task_id)[0])
+        assert rig.publisher.of("task-types") == []  # not due yet
+        rig.clock.advance(61)
+        await rig.cycle()
+        assert rig.types("task-types") == ["TaskTypeChanged"]
+        rig.sim.store.add_feedback(task_id)
+        await rig.cycle()
+        feedback = events.decode(rig.records_of(task_id)[-1])
         assert feedback.task_type_name == "重点客户拜访"  # type: ignore[union-attr]
+
+    async def test_a_type_renamed_back_and_forth_gets_new_ids(self, make_rig: Callable[..., Any]) -> None:
+        """A task type renamed A→B→A: two TaskTypeChanged with different ids."""
+        rig = await make_rig(POLLER_TYPE_REFRESH_SECONDS="60")
+        await rig.cycle()
+        type_id = str(next(iter(rig.sim.store.tasks.values()))["task_type_id"])
+        original = rig.sim.store.types[type_id]["type_name"]
+        for name in ("临时名称", original):
+            rig.sim.store.update_type(type_id, type_name=name)
+            rig.clock.advance(61)
+            await rig.cycle()
+        assert len(set(ids(rig.publisher.of("task-types")))) == 2
 
     async def test_refused_query_task_type_never_blocks_task_events(
             self, make_rig: Callable[..., Any]) -> None:
@@ -247,35 +480,8 @@ class TestTaskTypes:
         assert metric("waiqin_poller_task_types_refused") == 1
 
 
-class TestRun:
-    async def test_store_outage_is_waited_out(self, make_rig: Callable[..., Any]) -> None:
-        """run() survives failing cycles and goes on once the store is back."""
-        rig = await make_rig(POLLER_MAX_BACKOFF_SECONDS="0.05")
-        rig.store.fail_next(calls=3)
-        failures = metric("waiqin_poller_cycles_total", outcome="failure")
-        task = asyncio.create_task(rig.poller.run())
-        try:
-            await eventually(lambda: rig.health.last_success_at is not None, timeout_s=10, interval_s=0.01)
-            assert metric("waiqin_poller_cycles_total", outcome="failure") > failures
-        finally:
-            rig.poller.stop()
-            await asyncio.wait_for(task, 5)
-
-    async def test_lost_leadership_is_regained_before_polling_again(
-            self, make_rig: Callable[..., Any]) -> None:
-        """A cycle that finds its lock lost fails before committing; polling resumes once the
-        lock is acquired again, and the change is published then."""
-        rig = await make_rig()
-        task = asyncio.create_task(rig.poller.run())
-        try:
-            await eventually(lambda: rig.health.last_success_at is not None, timeout_s=10, interval_s=0.01)
-            failures = metric("waiqin_poller_cycles_total", outcome="failure")
-            task_id = rig.fresh(1)[0]
-            rig.store.revoke_leadership()
-            rig.sim.store.add_feedback(task_id)
-            await eventually(lambda: rig.store.snapshots[task_id].version, timeout_s=10, interval_s=0.01)
-            assert metric("waiqin_poller_cycles_total", outcome="failure") > failures
-            assert "FeedbackAdded" in [dict(r.headers)["ce_type"].decode() for r in rig.records_of(task_id)]
-        finally:
-            rig.poller.stop()
-            await asyncio.wait_for(task, 5)
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": "深"}
+    for _ in range(depth):
+        value = {"a": value}
+    return value

@@ -35,7 +35,7 @@ def sample_records() -> list[OutboundRecord]:
     observations.append(diff.observe(stored(after(status="0")), normalise.task(after()),
                                      observed_at=OBSERVED_AT))
     records = [events.encode(event, source="test") for obs in observations for event in obs.events]
-    [type_event] = diff.observe_type(
+    [type_event], _ = diff.observe_type(
         normalise.task_type({"type_id": "1", "type_name": "a"}),
         normalise.task_type({"type_id": "1", "type_name": "b"}), observed_at=OBSERVED_AT)
     records.append(events.encode(type_event, source="test"))

@@ -39,14 +39,36 @@ class TestCycle:
     def test_steady_state_is_today_only(self) -> None:
         """In steady state the window is today only."""
         state = PollState(window_from=date(2026, 3, 1))
-        assert window.cycle(state, bj(2026, 3, 1, 12)) == Window(
+        assert window.cycle(state, bj(2026, 3, 1, 12), lookback=LOOKBACK) == Window(
             modify_from=date(2026, 3, 1), modify_to=date(2026, 3, 1))
 
     def test_backwards_clock_never_inverts_the_window(self) -> None:
         """A start after today is clamped so the window is never empty."""
         state = PollState(window_from=date(2026, 3, 5))
-        win = window.cycle(state, bj(2026, 3, 1, 12))
+        win = window.cycle(state, bj(2026, 3, 1, 12), lookback=LOOKBACK)
         assert win.modify_from == win.modify_to == date(2026, 3, 1)
+
+    def test_days_of_lookback_keep_days_open(self) -> None:
+        """A lookback of two days (2880 minutes) keeps the two previous days in every window."""
+        lookback = timedelta(minutes=2880)
+        after = window.advance(PollState(window_from=date(2026, 3, 1)), started_at=bj(2026, 3, 5, 12),
+                               lookback=lookback, drift_free=True)
+        win = window.cycle(after, bj(2026, 3, 5, 12, 1), lookback=lookback)
+        assert (win.modify_from, win.modify_to) == (date(2026, 3, 3), date(2026, 3, 5))
+
+    def test_clock_jump_ahead_past_midnight_does_not_pin_the_start(self) -> None:
+        """A clock that jumped past midnight (further than the lookback) and came back leaves
+        no day unread: the day it jumped over is scanned again after the real midnight."""
+        state = PollState(window_from=date(2026, 3, 1))
+        jumped = window.advance(state, started_at=bj(2026, 3, 2, 1, 0), lookback=LOOKBACK,
+                                drift_free=True)  # the clock says 01:00 tomorrow
+        back = window.cycle(jumped, bj(2026, 3, 1, 23, 40), lookback=LOOKBACK)  # corrected
+        assert back.modify_from == date(2026, 3, 1)
+        corrected = window.advance(jumped, started_at=bj(2026, 3, 1, 23, 40), lookback=LOOKBACK,
+                                   drift_free=True)
+        # Just after the real midnight, a change stamped 23:50 yesterday is still in the window.
+        after_midnight = window.cycle(corrected, bj(2026, 3, 2, 0, 5), lookback=LOOKBACK)
+        assert after_midnight.modify_from == date(2026, 3, 1)
 
 
 class TestAdvance:
@@ -77,12 +99,17 @@ class TestAdvance:
 
     @given(st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1)),
            st.dates(min_value=date(2020, 1, 1), max_value=date(2030, 1, 1)), st.booleans())
-    def test_start_never_moves_backwards(self, started: datetime, start: date, drift_free: bool) -> None:
-        """Whatever the clock says, the window start never moves backwards."""
+    def test_start_follows_the_clock_and_drift(self, started: datetime, start: date,
+                                               drift_free: bool) -> None:
+        """Whatever the clock says, the start is never after (start of scan - lookback), and only
+        a drift-free scan moves it forward."""
         state = PollState(window_from=start)
-        after = window.advance(state, started_at=started.replace(tzinfo=BEIJING), lookback=LOOKBACK,
-                               drift_free=drift_free)
-        assert after.window_from is not None and after.window_from >= start
+        at = started.replace(tzinfo=BEIJING)
+        after = window.advance(state, started_at=at, lookback=LOOKBACK, drift_free=drift_free)
+        assert after.window_from is not None
+        assert after.window_from <= window.beijing_date(at - LOOKBACK)
+        if not drift_free:
+            assert after.window_from <= start
 
 
 class TestSplit:

@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Protocol
 
-from poller.models import DeadLetterMark, PollState, Snapshot, TypeSnapshot
+from poller.models import Commit, OutboxEntry, PollState, Snapshot, StoredHashes, TypeSnapshot
 
 
 class Leadership(Protocol):
-    """Exactly one poller polls a store at a time; this is how it knows it is the one."""
+    """Exactly one poller writes to a store at a time; this is how it knows it is the one.
+
+    A leadership is passed to every write (`SnapshotStore.commit`) and checked before every
+    publish, so nothing works only because someone acquired it earlier.
+    """
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this process is the leader (True) or `stop` is set (False)."""
 
     async def ensure(self) -> None:
-        """Raise StoreConflict if leadership was lost (e.g. the lock's connection died)."""
+        """Raise LeadershipLost unless this process still holds the lock."""
 
     async def release(self) -> None:
         """Give leadership up; idempotent."""
 
 
 class SnapshotStore(Protocol):
-    """Per-task snapshots, task types, dead-letter marks and the poll state.
+    """Per-task snapshots, task types, dead-letter marks, the poll state and the outbox.
 
-    Every method raises StoreUnavailable when the database cannot be reached (retriable) and
-    StoreConflict when another writer owns it; no driver exception escapes.
+    Every method raises StoreUnavailable when the database cannot be reached (retriable),
+    StoreConflict when it refuses the operation, and LeadershipLost when a write is attempted
+    under a leadership that is not (or no longer) held; no driver exception escapes.
     """
 
     async def start(self) -> None:
@@ -38,37 +43,43 @@ class SnapshotStore(Protocol):
     async def ping(self) -> None:
         """A cheap round trip, for readiness."""
 
-    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
-        """The stored content hash of these tasks (absent ids are missing), in one query.
+    async def read_hashes(self, task_ids: Collection[str]) -> dict[str, StoredHashes]:
+        """The stored content and rendering hashes of these tasks (absent ids are missing).
 
-        The fast path: an unchanged task needs nothing else from the store.
+        The fast path: one indexed query per page, no documents read.
         """
 
-    async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
+    async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks (absent ids are missing), in one query."""
 
-    async def commit_page(
-        self, snapshots: Sequence[Snapshot], dead_letters: Sequence[DeadLetterMark] = ()
-    ) -> None:
-        """Upsert a page's snapshots and dead-letter marks in one transaction."""
-
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
-        """Which of these dead-letter fingerprints were already sent."""
+        """Which of these dead-letter fingerprints were already committed."""
 
-    async def get_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
+    async def commit(self, commit: Commit, lease: Leadership) -> int | None:
+        """Write everything of `commit` in one transaction, fenced by `lease`.
+
+        The outbox records get increasing ids in their order; returns the id of the last one
+        (None when there are none). Nothing is written when the lease is not held
+        (LeadershipLost) or any part fails.
+        """
+
+    async def pending(self, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` outbox entries not yet marked sent, oldest first."""
+
+    async def mark_sent(self, through_id: int) -> None:
+        """Drop every outbox entry up to and including `through_id` (Kafka acknowledged them)."""
+
+    async def outbox_depth(self) -> int:
+        """How many outbox entries wait to be sent."""
+
+    async def read_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
         """Stored task types: these ids, or all of them when None."""
-
-    async def commit_types(self, types: Sequence[TypeSnapshot]) -> None:
-        """Upsert task types in one transaction."""
 
     async def load_state(self) -> PollState:
         """The saved poll state; PollState() on a new store."""
-
-    async def save_state(self, state: PollState) -> None:
-        """Replace the poll state."""
 
     async def count_tasks(self) -> int:
         """How many tasks the store holds (for the store-size metric)."""
 
     def leadership(self) -> Leadership:
-        """The lock that makes this process the single active poller of this store."""
+        """A new (not yet acquired) claim on this store's single-writer lock."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from poller.errors import StoreConflict, StoreUnavailable
+from poller.errors import LeadershipLost, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -94,11 +94,15 @@ class FileLeadership:
         return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
     async def ensure(self) -> None:
-        """Raise StoreConflict unless we hold the lock on the file that is at `path` now."""
+        """Raise LeadershipLost unless we hold the lock on the file that is at `path` now."""
+        self.verify()
+
+    def verify(self) -> None:
+        """`ensure` without awaiting, for the store's worker thread inside a transaction."""
         if self._fd is None:
-            raise StoreConflict(f"not the leader: the lock {self.path} is not held")
+            raise LeadershipLost(f"not the leader: the lock {self.path} is not held")
         if not self._same_file():
-            raise StoreConflict(
+            raise LeadershipLost(
                 f"leadership lost: the lock file {self.path} was removed or replaced, "
                 "another poller may be active"
             )

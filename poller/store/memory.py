@@ -3,33 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections import defaultdict
+from collections.abc import Collection
 
-from poller.errors import StoreConflict, StoreError, StoreUnavailable
-from poller.models import DeadLetterMark, PollState, Snapshot, TypeSnapshot
+from poller.errors import LeadershipLost, StoreError, StoreUnavailable
+from poller.models import (
+    Commit,
+    DeadLetterMark,
+    OutboxEntry,
+    PollState,
+    Snapshot,
+    StoredHashes,
+    TypeSnapshot,
+)
+from poller.store.base import Leadership
 from poller.store.rows import last_wins
 
 
 class MemoryStore:
-    """SnapshotStore in dicts. Writes are all-or-nothing like the real backends.
+    """SnapshotStore in dicts. A commit is all-or-nothing like on the real backends.
 
-    Fault injection: `fail_next(n)` makes the next n calls raise (StoreUnavailable unless told
-    otherwise) before touching any data, so a failed commit_page leaves nothing behind.
+    Fault injection: `fail("commit", times=2)` makes the next two calls of that operation raise
+    (StoreUnavailable unless told otherwise) before touching any data; `revoke_leadership()`
+    takes the lock away from its holder, as a killed lock connection would.
     """
 
     def __init__(self) -> None:
         self.snapshots: dict[str, Snapshot] = {}
         self.types: dict[str, TypeSnapshot] = {}
         self.dead_letters: dict[str, DeadLetterMark] = {}
+        self.outbox: dict[int, OutboxEntry] = {}
         self.state = PollState()
         self.started = False
-        self.calls: list[str] = []  # method names in call order, for assertions
-        self.commits = 0  # successful commit_page calls
-        self._failures: list[StoreError] = []
+        self.commits = 0  # successful commits that wrote something
+        self._next_outbox_id = 1
+        self._failures: dict[str, list[StoreError]] = defaultdict(list)
         self._leader: MemoryLeadership | None = None
 
     def __repr__(self) -> str:
-        return f"MemoryStore(tasks={len(self.snapshots)})"
+        return f"MemoryStore(tasks={len(self.snapshots)}, outbox={len(self.outbox)})"
 
     async def __aenter__(self) -> MemoryStore:
         await self.start()
@@ -38,16 +50,17 @@ class MemoryStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def fail_next(self, calls: int = 1, error: StoreError | None = None) -> None:
-        """Make the next `calls` store calls raise `error` (default: StoreUnavailable)."""
-        failure = error or StoreUnavailable("injected fault: memory store unavailable")
-        self._failures.extend([failure] * calls)
+    def fail(self, operation: str, times: int = 1, error: StoreError | None = None) -> None:
+        """Make the next `times` calls of `operation` (a method name) raise `error`."""
+        if not callable(getattr(self, operation, None)):
+            raise ValueError(f"MemoryStore has no operation {operation!r}")
+        failure = error or StoreUnavailable(f"injected fault: {operation} unavailable")
+        self._failures[operation].extend([failure] * times)
 
-    def _enter(self, name: str) -> None:
-        self.calls.append(name)
-        if self._failures:
-            raise self._failures.pop(0)
-        if not self.started and name != "start":
+    def _enter(self, operation: str) -> None:
+        if self._failures[operation]:
+            raise self._failures[operation].pop(0)
+        if not self.started and operation != "start":
             raise StoreUnavailable("memory store is not started")
 
     async def start(self) -> None:
@@ -56,60 +69,81 @@ class MemoryStore:
         self.started = True
 
     async def stop(self) -> None:
-        """Mark the store closed; idempotent, never fails (no injected faults here)."""
-        self.calls.append("stop")
+        """Mark the store closed; idempotent, never fails."""
         self.started = False
 
     async def ping(self) -> None:
         """Succeeds unless a fault is injected."""
         self._enter("ping")
 
-    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
+    async def read_hashes(self, task_ids: Collection[str]) -> dict[str, StoredHashes]:
         """The stored hashes of these tasks."""
-        self._enter("get_hashes")
-        return {i: self.snapshots[i].hash for i in task_ids if i in self.snapshots}
+        self._enter("read_hashes")
+        found = (self.snapshots.get(i) for i in task_ids)
+        return {s.task_id: StoredHashes(s.hash, s.received) for s in found if s is not None}
 
-    async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
+    async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks."""
-        self._enter("get_snapshots")
+        self._enter("read_snapshots")
         return {i: self.snapshots[i] for i in task_ids if i in self.snapshots}
-
-    async def commit_page(
-        self, snapshots: Sequence[Snapshot], dead_letters: Sequence[DeadLetterMark] = ()
-    ) -> None:
-        """Upsert snapshots and dead-letter marks at once."""
-        self._enter("commit_page")
-        self.snapshots.update((s.task_id, s) for s in last_wins(snapshots, lambda s: s.task_id))
-        for mark in dead_letters:
-            self.dead_letters.setdefault(mark.fingerprint, mark)
-        self.commits += 1
 
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
         """Which of these fingerprints were already marked."""
         self._enter("seen_dead_letters")
         return {f for f in fingerprints if f in self.dead_letters}
 
-    async def get_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
+    async def commit(self, commit: Commit, lease: Leadership) -> int | None:
+        """Apply `commit` at once, if `lease` leads this store."""
+        self._enter("commit")
+        if commit.is_empty:
+            return None
+        if not isinstance(lease, MemoryLeadership) or not lease.leads(self):
+            raise LeadershipLost("not the leader of the memory store: nothing was written")
+        self.snapshots.update((s.task_id, s) for s in last_wins(commit.snapshots, lambda s: s.task_id))
+        for task_id, received in commit.renderings:
+            stored = self.snapshots[task_id]
+            self.snapshots[task_id] = Snapshot(stored.task_id, stored.hash, stored.document,
+                                               stored.version, stored.modify_time, received)
+        for mark in commit.marks:
+            self.dead_letters.setdefault(mark.fingerprint, mark)
+        self.types.update((t.type_id, t) for t in commit.types)
+        if commit.state is not None:
+            self.state = commit.state
+        last = None
+        for record in commit.records:
+            last = self._next_outbox_id
+            self.outbox[last] = OutboxEntry(last, record)
+            self._next_outbox_id += 1
+        self.commits += 1
+        return last
+
+    async def pending(self, limit: int) -> list[OutboxEntry]:
+        """The oldest unsent outbox entries."""
+        self._enter("pending")
+        return [self.outbox[i] for i in sorted(self.outbox)[:limit]]
+
+    async def mark_sent(self, through_id: int) -> None:
+        """Drop the outbox entries up to `through_id`."""
+        self._enter("mark_sent")
+        for entry_id in [i for i in self.outbox if i <= through_id]:
+            del self.outbox[entry_id]
+
+    async def outbox_depth(self) -> int:
+        """How many outbox entries wait."""
+        self._enter("outbox_depth")
+        return len(self.outbox)
+
+    async def read_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
         """Stored task types: these ids, or all of them when None."""
-        self._enter("get_types")
+        self._enter("read_types")
         if type_ids is None:
             return dict(self.types)
         return {i: self.types[i] for i in type_ids if i in self.types}
-
-    async def commit_types(self, types: Sequence[TypeSnapshot]) -> None:
-        """Upsert task types."""
-        self._enter("commit_types")
-        self.types.update((t.type_id, t) for t in types)
 
     async def load_state(self) -> PollState:
         """The saved poll state."""
         self._enter("load_state")
         return self.state
-
-    async def save_state(self, state: PollState) -> None:
-        """Replace the poll state."""
-        self._enter("save_state")
-        self.state = state
 
     async def count_tasks(self) -> int:
         """How many tasks the store holds."""
@@ -117,12 +151,22 @@ class MemoryStore:
         return len(self.snapshots)
 
     def leadership(self) -> MemoryLeadership:
-        """A lock shared by every leadership object of this store instance."""
+        """A claim on this store instance's lock."""
         return MemoryLeadership(self)
 
     def revoke_leadership(self) -> None:
         """Take leadership away from its holder, as a killed lock connection would."""
         self._leader = None
+
+    def _claim(self, lease: MemoryLeadership) -> bool:
+        if self._leader in (None, lease):
+            self._leader = lease
+            return True
+        return False
+
+    def _give_up(self, lease: MemoryLeadership) -> None:
+        if self._leader is lease:
+            self._leader = None
 
 
 class MemoryLeadership:
@@ -131,17 +175,17 @@ class MemoryLeadership:
     def __init__(self, store: MemoryStore, *, poll_interval_s: float = 0.01) -> None:
         self._store = store
         self._poll_interval_s = poll_interval_s
+        self._is_held = False
 
-    @property
-    def is_held(self) -> bool:
-        """Whether this object is the store's leader."""
-        return self._store._leader is self
+    def leads(self, store: MemoryStore) -> bool:
+        """Whether this claim holds `store`'s lock right now."""
+        return self._is_held and store is self._store and store._leader is self
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until leader (True) or `stop` is set (False)."""
         while not stop.is_set():
-            if self._store._leader in (None, self):
-                self._store._leader = self
+            if self._store._claim(self):
+                self._is_held = True
                 return True
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self._poll_interval_s)
@@ -150,11 +194,11 @@ class MemoryLeadership:
         return False
 
     async def ensure(self) -> None:
-        """Raise StoreConflict unless still the leader."""
-        if not self.is_held:
-            raise StoreConflict("not the leader of the memory store")
+        """Raise LeadershipLost unless still the leader."""
+        if not self.leads(self._store):
+            raise LeadershipLost("not the leader of the memory store")
 
     async def release(self) -> None:
         """Give leadership up; idempotent."""
-        if self.is_held:
-            self._store._leader = None
+        self._is_held = False
+        self._store._give_up(self)

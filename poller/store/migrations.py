@@ -96,11 +96,33 @@ _V1_POSTGRESQL = (
 _V2_SQLITE = ("CREATE INDEX tasks_hash ON tasks (task_id, hash)",)
 _V2_POSTGRESQL = ("CREATE INDEX tasks_hash ON tasks (task_id) INCLUDE (hash)",)
 
+# The outbox (docs/design.md §5): records are written in the transaction of the state they
+# announce and deleted once Kafka acknowledged them. Beside each task's content hash, the hash of
+# the record as last received, so an unchanged rendering skips normalisation; the fast-path
+# index covers both. Task types get a version, which their event ids include.
+_V3_SQLITE = (
+    "ALTER TABLE tasks ADD COLUMN received INTEGER",
+    "DROP INDEX tasks_hash",
+    "CREATE INDEX tasks_fast_path ON tasks (task_id, hash, received)",
+    "ALTER TABLE task_types ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+    "CREATE TABLE outbox ("
+    " id INTEGER PRIMARY KEY, topic TEXT NOT NULL, key BLOB, value BLOB, headers BLOB NOT NULL)",
+)
+_V3_POSTGRESQL = (
+    "ALTER TABLE tasks ADD COLUMN received BIGINT",
+    "DROP INDEX tasks_hash",
+    "CREATE INDEX tasks_fast_path ON tasks (task_id) INCLUDE (hash, received)",
+    "ALTER TABLE task_types ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE outbox ("
+    " id BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, key BYTEA, value BYTEA, headers BYTEA NOT NULL)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "snapshots, task types, dead-letter marks, poll state", _V1_SQLITE, _V1_POSTGRESQL
     ),
     Migration(2, "covering index for the hash fast path", _V2_SQLITE, _V2_POSTGRESQL),
+    Migration(3, "outbox, rendering hashes, task type versions", _V3_SQLITE, _V3_POSTGRESQL),
 )
 """Every schema step this release knows, in order; append, never edit a released step."""
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import structlog
 
-from poller.errors import PollerError, StoreConflict, StoreError, StoreUnavailable
-from poller.models import DeadLetterMark, PollState, Snapshot, TypeSnapshot
+from poller.errors import LeadershipLost, PollerError, StoreConflict, StoreError, StoreUnavailable
+from poller.models import Commit, OutboxEntry, PollState, Snapshot, StoredHashes, TypeSnapshot
+from poller.store.base import Leadership
 from poller.store.migrations import VERSION_TABLE, pending
-from poller.store.rows import as_beijing, describe_url, last_wins
+from poller.store.rows import as_beijing, describe_url, last_wins, outbox_entry, outbox_row
 
 log = structlog.get_logger(__name__)
 
@@ -47,20 +48,38 @@ LEADER_SERVER_SETTINGS = {
     "tcp_keepalives_count": "3",
 }
 
+_TASK_COLUMNS = "task_id, hash, document, version, modify_time, received"
 _UPSERT_TASKS = (
-    "INSERT INTO tasks (task_id, hash, document, version, modify_time)"
-    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[], $5::timestamptz[])"
+    f"INSERT INTO tasks ({_TASK_COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[],"
+    " $3::bytea[], $4::bigint[], $5::timestamptz[], $6::bigint[])"
     " ON CONFLICT (task_id) DO UPDATE SET hash = excluded.hash, document = excluded.document,"
-    " version = excluded.version, modify_time = excluded.modify_time"
+    " version = excluded.version, modify_time = excluded.modify_time, received = excluded.received"
+)
+_UPDATE_RENDERINGS = (
+    "UPDATE tasks SET received = r.received FROM unnest($1::text[], $2::bigint[])"
+    " AS r(task_id, received) WHERE tasks.task_id = r.task_id"
+)
+_UPSERT_STATE = (
+    "INSERT INTO poll_state (id, state) VALUES (1, $1::jsonb)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state"
+)
+# Outbox ids come from a sequence, in the order of the unnest (WITH ORDINALITY): the relay
+# sends by id, so a page's records keep their order.
+_INSERT_OUTBOX = (
+    "WITH added AS (INSERT INTO outbox (topic, key, value, headers)"
+    " SELECT topic, key, value, headers FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[])"
+    " WITH ORDINALITY AS r(topic, key, value, headers, n) ORDER BY n RETURNING id)"
+    " SELECT max(id) FROM added"
 )
 _INSERT_MARKS = (  # the first sighting is the one that was sent; keep its timestamp
     "INSERT INTO dead_letters (fingerprint, task_id)"
     " SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (fingerprint) DO NOTHING"
 )
 _UPSERT_TYPES = (
-    "INSERT INTO task_types (type_id, hash, document)"
-    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])"
-    " ON CONFLICT (type_id) DO UPDATE SET hash = excluded.hash, document = excluded.document"
+    "INSERT INTO task_types (type_id, hash, document, version)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[])"
+    " ON CONFLICT (type_id) DO UPDATE SET hash = excluded.hash, document = excluded.document,"
+    " version = excluded.version"
 )
 _LOCK_HELD = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -90,7 +109,7 @@ def map_error(exc: BaseException, where: str) -> StoreError:
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(
         row["task_id"], row["hash"], bytes(row["document"]), int(row["version"]),
-        as_beijing(row["modify_time"]),
+        as_beijing(row["modify_time"]), row["received"],
     )
 
 
@@ -108,7 +127,6 @@ class PostgresStore:
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._pool: Any = None
-        self._leader: AdvisoryLeadership | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -192,49 +210,29 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.fetchval("SELECT 1")
 
-    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
+    async def read_hashes(self, task_ids: Collection[str]) -> dict[str, StoredHashes]:
         """The stored hashes of these tasks, in one `= ANY($1)` query (an index-only scan)."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT task_id, hash FROM tasks WHERE task_id = ANY($1::text[])", ids)
-        return {row[0]: row[1] for row in rows}
+                "SELECT task_id, hash, received FROM tasks WHERE task_id = ANY($1::text[])", ids)
+        return {row[0]: StoredHashes(row[1], row[2]) for row in rows}
 
-    async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
+    async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, in one `= ANY($1)` query."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT task_id, hash, document, version, modify_time FROM tasks"
-                " WHERE task_id = ANY($1::text[])", ids,
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ANY($1::text[])", ids,
             )
         return {row["task_id"]: _snapshot(row) for row in rows}
 
-    async def commit_page(
-        self, snapshots: Sequence[Snapshot], dead_letters: Sequence[DeadLetterMark] = ()
-    ) -> None:
-        """Upsert a page's snapshots and dead-letter marks in one transaction (all or nothing)."""
-        tasks = last_wins(snapshots, lambda s: s.task_id)
-        marks = last_wins(dead_letters, lambda m: m.fingerprint)
-        async with self._connection() as conn, conn.transaction():
-            await self._fence(conn)
-            if tasks:
-                await conn.execute(
-                    _UPSERT_TASKS, [s.task_id for s in tasks], [s.hash for s in tasks],
-                    [s.document for s in tasks], [s.version for s in tasks],
-                    [as_beijing(s.modify_time) for s in tasks],
-                )
-            if marks:
-                await conn.execute(
-                    _INSERT_MARKS, [m.fingerprint for m in marks], [m.task_id for m in marks]
-                )
-
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
-        """Which of these dead-letter fingerprints were already sent."""
+        """Which of these dead-letter fingerprints were already committed."""
         wanted = list(dict.fromkeys(fingerprints))
         if not wanted:
             return set()
@@ -244,9 +242,63 @@ class PostgresStore:
             )
         return {row["fingerprint"] for row in rows}
 
-    async def get_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
+    async def commit(self, commit: Commit, lease: Leadership) -> int | None:
+        """Write `commit` in one transaction that first proves, inside itself, that `lease` holds."""
+        if commit.is_empty:
+            return None
+        if not isinstance(lease, AdvisoryLeadership):
+            raise LeadershipLost(f"not a leadership of {self.where}: nothing was written")
+        tasks = last_wins(commit.snapshots, lambda s: s.task_id)
+        marks = last_wins(commit.marks, lambda m: m.fingerprint)
+        types = last_wins(commit.types, lambda t: t.type_id)
+        rows = [outbox_row(record) for record in commit.records]
+        async with self._connection() as conn, conn.transaction():
+            await _fence(conn, lease)
+            if tasks:
+                await conn.execute(
+                    _UPSERT_TASKS, [s.task_id for s in tasks], [s.hash for s in tasks],
+                    [s.document for s in tasks], [s.version for s in tasks],
+                    [as_beijing(s.modify_time) for s in tasks], [s.received for s in tasks],
+                )
+            if commit.renderings:
+                await conn.execute(_UPDATE_RENDERINGS, [t for t, _ in commit.renderings],
+                                   [r for _, r in commit.renderings])
+            if marks:
+                await conn.execute(
+                    _INSERT_MARKS, [m.fingerprint for m in marks], [m.task_id for m in marks]
+                )
+            if types:
+                await conn.execute(
+                    _UPSERT_TYPES, [t.type_id for t in types], [t.hash for t in types],
+                    [t.document for t in types], [t.version for t in types],
+                )
+            if commit.state is not None:
+                await conn.execute(_UPSERT_STATE, commit.state.model_dump_json())
+            if not rows:
+                return None
+            last = await conn.fetchval(_INSERT_OUTBOX, *(list(column) for column in zip(*rows, strict=True)))
+        return int(last)
+
+    async def pending(self, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` unsent outbox entries, oldest first."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT $1", limit)
+        return [outbox_entry(*row) for row in rows]
+
+    async def mark_sent(self, through_id: int) -> None:
+        """Drop the outbox entries up to `through_id`."""
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM outbox WHERE id <= $1", through_id)
+
+    async def outbox_depth(self) -> int:
+        """How many outbox entries wait to be sent."""
+        async with self._connection() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+
+    async def read_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
         """Stored task types: these ids, or all of them when None."""
-        query = "SELECT type_id, hash, document FROM task_types"
+        query = "SELECT type_id, hash, document, version FROM task_types"
         async with self._connection() as conn:
             if type_ids is None:
                 rows = await conn.fetch(query)
@@ -256,20 +308,10 @@ class PostgresStore:
                     return {}
                 rows = await conn.fetch(f"{query} WHERE type_id = ANY($1::text[])", wanted)
         return {
-            row["type_id"]: TypeSnapshot(row["type_id"], row["hash"], bytes(row["document"]))
+            row["type_id"]: TypeSnapshot(row["type_id"], row["hash"], bytes(row["document"]),
+                                         int(row["version"]))
             for row in rows
         }
-
-    async def commit_types(self, types: Sequence[TypeSnapshot]) -> None:
-        """Upsert task types in one transaction."""
-        rows = last_wins(types, lambda t: t.type_id)
-        if not rows:
-            return
-        async with self._connection() as conn:
-            await conn.execute(
-                _UPSERT_TYPES, [t.type_id for t in rows], [t.hash for t in rows],
-                [t.document for t in rows],
-            )
 
     async def load_state(self) -> PollState:
         """The saved poll state; PollState() on a new store."""
@@ -284,14 +326,6 @@ class PostgresStore:
                 f"PostgreSQL store {self.where} holds an unreadable poll state"
             ) from exc
 
-    async def save_state(self, state: PollState) -> None:
-        """Replace the poll state."""
-        async with self._connection() as conn:
-            await conn.execute(
-                "INSERT INTO poll_state (id, state) VALUES (1, $1::jsonb)"
-                " ON CONFLICT (id) DO UPDATE SET state = excluded.state", state.model_dump_json(),
-            )
-
     async def count_tasks(self) -> int:
         """How many tasks the store holds: a trigger-maintained counter, not a scan."""
         async with self._connection() as conn:
@@ -305,22 +339,18 @@ class PostgresStore:
     def leadership(self) -> AdvisoryLeadership:
         """A session advisory lock on a dedicated connection: one active poller per database.
 
-        Once a leadership was asked for, every page commit proves inside its own transaction
-        that this lock is still held, so a leader that lost it (and may have been replaced)
-        cannot overwrite the new leader's snapshots.
+        Every commit under it proves inside its own transaction that this lock is still held by
+        its session, so a leader that lost it (and may have been replaced) writes nothing.
         """
-        self._leader = AdvisoryLeadership(self._dsn, connect_timeout_s=self._connect_timeout_s)
-        return self._leader
+        return AdvisoryLeadership(self._dsn, connect_timeout_s=self._connect_timeout_s)
 
-    async def _fence(self, conn: Any) -> None:
-        leader = self._leader
-        if leader is None:
-            return  # never led (tools and tests that write without the lock)
-        pid = leader.server_pid
-        key = leader.key
-        if pid is None or not await conn.fetchval(_LOCK_HELD_BY, key >> 32, key & 0xFFFF_FFFF, pid):
-            raise StoreConflict(
-                f"leadership of {leader.where} lost before the commit: the page was not written")
+
+async def _fence(conn: Any, lease: AdvisoryLeadership) -> None:
+    pid = lease.server_pid
+    key = lease.key
+    if pid is None or not await conn.fetchval(_LOCK_HELD_BY, key >> 32, key & 0xFFFF_FFFF, pid):
+        raise LeadershipLost(
+            f"leadership of {lease.where} lost before the commit: nothing was written")
 
 
 class AdvisoryLeadership:
@@ -401,17 +431,17 @@ class AdvisoryLeadership:
             return self._held
 
     async def ensure(self) -> None:
-        """Raise StoreConflict unless the lock connection is alive and still holds the lock.
+        """Raise LeadershipLost unless the lock connection is alive and still holds the lock.
 
         Any failure of the check counts as lost: the connection is dropped (freeing the lock if
         the server still had it) so two pollers can never both believe they lead.
         """
         async with self._guard:
             if not self._held:
-                raise StoreConflict(f"not the leader of {self.where}: the lock is not held")
+                raise LeadershipLost(f"not the leader of {self.where}: the lock is not held")
             if self._conn is None or self._conn.is_closed():
                 await self._discard()
-                raise StoreConflict(
+                raise LeadershipLost(
                     f"leadership of {self.where} lost: the lock connection was closed"
                 )
             try:
@@ -421,12 +451,12 @@ class AdvisoryLeadership:
                 )
             except Exception as exc:  # whatever went wrong, we can no longer prove we lead
                 await self._discard()
-                raise StoreConflict(
+                raise LeadershipLost(
                     f"leadership of {self.where} lost: the lock connection failed ({exc!r})"
                 ) from exc
             if not held:
                 await self._discard()
-                raise StoreConflict(f"leadership of {self.where} lost: the advisory lock is gone")
+                raise LeadershipLost(f"leadership of {self.where} lost: the advisory lock is gone")
 
     async def release(self) -> None:
         """Unlock and close the lock connection; idempotent."""

@@ -1,13 +1,15 @@
-"""Small value helpers shared by the SQL backends: de-duplication and time zone handling."""
+"""Small value helpers shared by the SQL backends: de-duplication, time zones, outbox rows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
-from poller.models import BEIJING
+import orjson
+
+from poller.models import BEIJING, OutboundRecord, OutboxEntry, TopicKind
 
 T = TypeVar("T")
 
@@ -37,3 +39,28 @@ def describe_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def encode_headers(headers: Iterable[tuple[str, bytes]]) -> bytes:
+    """Kafka headers as stored in an outbox row (a JSON list of [name, UTF-8 value] pairs)."""
+    return orjson.dumps([[name, value.decode()] for name, value in headers])
+
+
+def decode_headers(stored: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The headers of an outbox row, as `encode_headers` wrote them."""
+    return tuple((name, value.encode()) for name, value in orjson.loads(stored))
+
+
+def outbox_row(record: OutboundRecord) -> tuple[str, bytes | None, bytes | None, bytes]:
+    """(topic, key, value, headers) of an outbox row."""
+    return record.topic, record.key, record.value, encode_headers(record.headers)
+
+
+def outbox_entry(row_id: int, topic: str, key: bytes | None, value: bytes | None,
+                 headers: bytes) -> OutboxEntry:
+    """The OutboxEntry of a stored row."""
+    record = OutboundRecord(
+        topic=cast(TopicKind, topic), key=None if key is None else bytes(key),
+        value=None if value is None else bytes(value), headers=decode_headers(bytes(headers)),
+    )
+    return OutboxEntry(int(row_id), record)

@@ -1,11 +1,10 @@
 """The embedded SQLite snapshot store (the default), run on one dedicated worker thread.
 
-Durability: the database runs in WAL mode with `synchronous=NORMAL`. A committed page lives in
-the WAL file before `commit_page` returns, so killing the process (kill -9, OOM kill) at any
-point loses nothing that was committed; only an operating-system crash or power cut can roll
-back the last few transactions, which the poller heals by re-reading the open window and
-re-emitting with the same event ids (DESIGN.md §5). `synchronous=FULL` would close that gap
-at the cost of an fsync per page.
+Durability: the database runs in WAL mode with `synchronous=FULL`: a commit is on disk before
+`commit` returns, and its outbox records are published only after that. With NORMAL a power cut
+could roll back a transaction whose records Kafka already has, and the next observation would
+reuse their ce_sequence for different content (docs/design.md §5). The price is one fsync per
+committed page; unchanged pages commit nothing.
 """
 
 from __future__ import annotations
@@ -23,11 +22,12 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import ValidationError
 
-from poller.errors import PollerError, StoreConflict, StoreError, StoreUnavailable
-from poller.models import BEIJING, DeadLetterMark, PollState, Snapshot, TypeSnapshot
+from poller.errors import LeadershipLost, PollerError, StoreConflict, StoreError, StoreUnavailable
+from poller.models import BEIJING, Commit, OutboxEntry, PollState, Snapshot, StoredHashes, TypeSnapshot
+from poller.store.base import Leadership
 from poller.store.locks import FileLeadership
 from poller.store.migrations import LATEST_VERSION, VERSION_TABLE, pending
-from poller.store.rows import as_beijing, last_wins
+from poller.store.rows import as_beijing, last_wins, outbox_entry, outbox_row
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +45,21 @@ RETRIABLE_CODES = frozenset({
     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
 })
 
-_TASK_COLUMNS = "task_id, hash, document, version, modify_time"
+_TASK_COLUMNS = "task_id, hash, document, version, modify_time, received"
 _UPSERT_TASK = (
-    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE"
+    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE"
     " SET hash = excluded.hash, document = excluded.document, version = excluded.version,"
-    " modify_time = excluded.modify_time"
+    " modify_time = excluded.modify_time, received = excluded.received"
 )
 _UPSERT_TYPE = (
-    "INSERT INTO task_types (type_id, hash, document) VALUES (?, ?, ?) ON CONFLICT (type_id)"
-    " DO UPDATE SET hash = excluded.hash, document = excluded.document"
+    "INSERT INTO task_types (type_id, hash, document, version) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (type_id) DO UPDATE SET hash = excluded.hash, document = excluded.document,"
+    " version = excluded.version"
 )
+_UPSERT_STATE = (
+    "INSERT INTO poll_state (id, state) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state"
+)
+_INSERT_OUTBOX = "INSERT INTO outbox (topic, key, value, headers) VALUES (?, ?, ?, ?)"
 # The first sighting of a bad record is the one that was sent; keep its timestamp.
 _INSERT_MARK = (
     "INSERT INTO dead_letters (fingerprint, task_id, created_at) VALUES (?, ?, ?)"
@@ -110,7 +115,7 @@ def _open(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         if mode != "wal":
             # e.g. a network filesystem without shared memory: still correct, just slower.
             log.warning("sqlite_wal_unavailable", path=str(path), journal_mode=mode)
-        conn.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
+        conn.execute("PRAGMA synchronous=FULL")  # see the module docstring
         # 8 MiB of page cache (the default is 2 MiB): the (task_id, hash) index of about 100k
         # tasks, so the unchanged path rarely leaves memory. A bound, not a floor.
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -157,10 +162,10 @@ def _time_text(value: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
 
-def _snapshot(row: tuple[str, str, bytes, int, str | None]) -> Snapshot:
-    task_id, hash_, document, version, modify_time = row
+def _snapshot(row: tuple[str, str, bytes, int, str | None, int | None]) -> Snapshot:
+    task_id, hash_, document, version, modify_time, received = row
     when = datetime.fromisoformat(modify_time) if modify_time is not None else None
-    return Snapshot(task_id, hash_, bytes(document), int(version), when)
+    return Snapshot(task_id, hash_, bytes(document), int(version), when, received)
 
 
 class SqliteStore:
@@ -247,14 +252,15 @@ class SqliteStore:
         """A cheap round trip, for readiness."""
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
-    async def get_hashes(self, task_ids: Collection[str]) -> dict[str, str]:
-        """The stored hashes of these tasks, from the (task_id, hash) index alone."""
+    async def read_hashes(self, task_ids: Collection[str]) -> dict[str, StoredHashes]:
+        """The stored hashes of these tasks, from the fast-path index alone."""
         # INDEXED BY: the planner would pick the primary key, i.e. the table with every
         # document; the narrow index stays in the page cache however large the store grows.
-        return await self._select_by_id(task_ids, "task_id, hash", "INDEXED BY tasks_hash",
-                                        lambda row: row[1])
+        return await self._select_by_id(task_ids, "task_id, hash, received",
+                                        "INDEXED BY tasks_fast_path",
+                                        lambda row: StoredHashes(row[1], row[2]))
 
-    async def get_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
+    async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, read in one transaction (chunked IN-lists)."""
         return await self._select_by_id(task_ids, _TASK_COLUMNS, "", _snapshot)
 
@@ -277,26 +283,8 @@ class SqliteStore:
 
         return await self._run(select)
 
-    async def commit_page(
-        self, snapshots: Sequence[Snapshot], dead_letters: Sequence[DeadLetterMark] = ()
-    ) -> None:
-        """Upsert a page's snapshots and dead-letter marks in one transaction (all or nothing)."""
-        now = datetime.now(BEIJING).isoformat()
-        task_rows = [
-            (s.task_id, s.hash, s.document, s.version, _time_text(s.modify_time))
-            for s in last_wins(snapshots, lambda s: s.task_id)
-        ]
-        mark_rows = [(m.fingerprint, m.task_id, now) for m in dead_letters]
-
-        def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.executemany(_UPSERT_TASK, task_rows)
-                conn.executemany(_INSERT_MARK, mark_rows)
-
-        await self._run(write)
-
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
-        """Which of these dead-letter fingerprints were already sent."""
+        """Which of these dead-letter fingerprints were already committed."""
         wanted = list(dict.fromkeys(fingerprints))
         if not wanted:
             return set()
@@ -313,14 +301,73 @@ class SqliteStore:
 
         return await self._run(select)
 
-    async def get_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
+    async def commit(self, commit: Commit, lease: Leadership) -> int | None:
+        """Write `commit` in one IMMEDIATE transaction, after proving `lease` holds this file's lock."""
+        if commit.is_empty:
+            return None
+        verify = self._verifier(lease)
+        now = datetime.now(BEIJING).isoformat()
+        task_rows = [
+            (s.task_id, s.hash, s.document, s.version, _time_text(s.modify_time), s.received)
+            for s in last_wins(commit.snapshots, lambda s: s.task_id)
+        ]
+        rendering_rows = [(received, task_id) for task_id, received in commit.renderings]
+        mark_rows = [(m.fingerprint, m.task_id, now) for m in commit.marks]
+        type_rows = [(t.type_id, t.hash, t.document, t.version)
+                     for t in last_wins(commit.types, lambda t: t.type_id)]
+        outbox_rows = [outbox_row(record) for record in commit.records]
+        state = None if commit.state is None else commit.state.model_dump_json()
+
+        def write(conn: sqlite3.Connection) -> int | None:
+            with _transaction(conn):
+                verify()  # the flock is ours: no other poller can be writing meanwhile
+                conn.executemany(_UPSERT_TASK, task_rows)
+                conn.executemany("UPDATE tasks SET received = ? WHERE task_id = ?", rendering_rows)
+                conn.executemany(_INSERT_MARK, mark_rows)
+                conn.executemany(_UPSERT_TYPE, type_rows)
+                if state is not None:
+                    conn.execute(_UPSERT_STATE, (state,))
+                last = None
+                if outbox_rows:
+                    conn.executemany(_INSERT_OUTBOX, outbox_rows)
+                    last = int(conn.execute("SELECT max(id) FROM outbox").fetchone()[0])
+            return last
+
+        return await self._run(write)
+
+    def _verifier(self, lease: Leadership) -> Callable[[], None]:
+        if not isinstance(lease, FileLeadership) or lease.path != self.lock_path:
+            raise LeadershipLost(f"not a leadership of {self.path}: nothing was written")
+        return lease.verify
+
+    async def pending(self, limit: int) -> list[OutboxEntry]:
+        """Up to `limit` unsent outbox entries, oldest first."""
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT id, topic, key, value, headers FROM outbox ORDER BY id LIMIT ?", (limit,),
+        ).fetchall())
+        return [outbox_entry(*row) for row in rows]
+
+    async def mark_sent(self, through_id: int) -> None:
+        """Drop the outbox entries up to `through_id`."""
+        def delete(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("DELETE FROM outbox WHERE id <= ?", (through_id,))
+
+        await self._run(delete)
+
+    async def outbox_depth(self) -> int:
+        """How many outbox entries wait to be sent."""
+        row = await self._run(lambda conn: conn.execute("SELECT count(*) FROM outbox").fetchone())
+        return int(row[0])
+
+    async def read_types(self, type_ids: Collection[str] | None = None) -> dict[str, TypeSnapshot]:
         """Stored task types: these ids, or all of them when None."""
         wanted = None if type_ids is None else list(dict.fromkeys(type_ids))
         if wanted == []:
             return {}
 
         def select(conn: sqlite3.Connection) -> dict[str, TypeSnapshot]:
-            query = "SELECT type_id, hash, document FROM task_types"
+            query = "SELECT type_id, hash, document, version FROM task_types"
             if wanted is None:
                 rows = conn.execute(query).fetchall()
             else:
@@ -328,19 +375,9 @@ class SqliteStore:
                 for part in _chunks(wanted, self._in_list_max(conn)):
                     sql = f"{query} WHERE type_id IN ({_placeholders(len(part))})"
                     rows.extend(conn.execute(sql, part))
-            return {row[0]: TypeSnapshot(row[0], row[1], bytes(row[2])) for row in rows}
+            return {row[0]: TypeSnapshot(row[0], row[1], bytes(row[2]), int(row[3])) for row in rows}
 
         return await self._run(select)
-
-    async def commit_types(self, types: Sequence[TypeSnapshot]) -> None:
-        """Upsert task types in one transaction."""
-        rows = [(t.type_id, t.hash, t.document) for t in last_wins(types, lambda t: t.type_id)]
-
-        def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.executemany(_UPSERT_TYPE, rows)
-
-        await self._run(write)
 
     async def load_state(self) -> PollState:
         """The saved poll state; PollState() on a new store."""
@@ -353,19 +390,6 @@ class SqliteStore:
             return PollState.model_validate_json(row[0])
         except ValidationError as exc:
             raise StoreConflict(f"SQLite store {self.path} holds an unreadable poll state") from exc
-
-    async def save_state(self, state: PollState) -> None:
-        """Replace the poll state."""
-        document = state.model_dump_json()
-
-        def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO poll_state (id, state) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET state = excluded.state", (document,),
-                )
-
-        await self._run(write)
 
     async def count_tasks(self) -> int:
         """How many tasks the store holds: a trigger-maintained counter, not a scan."""

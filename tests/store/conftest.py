@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import pytest
 
 from poller.config import StoreSettings
-from poller.models import BEIJING, Snapshot, TypeSnapshot
+from poller.models import BEIJING, Commit, DeadLetterMark, OutboundRecord, Snapshot, TypeSnapshot
 from poller.store import open_store
-from poller.store.base import SnapshotStore
+from poller.store.base import Leadership, SnapshotStore
 
 
 def make_store(url: str) -> SnapshotStore:
@@ -30,10 +31,30 @@ def snap(task_id: str, version: int = 0, *, hash_: str | None = None,
     )
 
 
-def type_snap(type_id: str, name: str = "巡店") -> TypeSnapshot:
+def type_snap(type_id: str, name: str = "巡店", version: int = 0) -> TypeSnapshot:
     """A task type snapshot."""
     document = f'{{"type_id":"{type_id}","type_name":"{name}"}}'.encode()
-    return TypeSnapshot(type_id=type_id, hash=f"t-{type_id}-{name}", document=document)
+    return TypeSnapshot(type_id=type_id, hash=f"t-{type_id}-{name}", document=document,
+                        version=version)
+
+
+def record(n: int, topic: str = "tasks", *, value: bytes | None = b"{}") -> OutboundRecord:
+    """An outbox record numbered `n` (in its key and a header)."""
+    return OutboundRecord(topic=topic, key=f"t{n}".encode(), value=value,  # type: ignore[arg-type]
+                          headers=(("ce_id", f"id-{n}".encode()), ("ce_subject", "任务".encode())))
+
+
+async def led(store: SnapshotStore) -> Leadership:
+    """The store's leadership, acquired."""
+    lease = store.leadership()
+    assert await lease.acquire(asyncio.Event())
+    return lease
+
+
+async def write(store: SnapshotStore, lease: Leadership, snapshots: Sequence[Snapshot] = (),
+                marks: Sequence[DeadLetterMark] = (), **parts: object) -> int | None:
+    """Commit snapshots, marks and any other parts of a Commit."""
+    return await store.commit(Commit(snapshots=snapshots, marks=marks, **parts), lease)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -45,3 +66,13 @@ async def store(store_url: str) -> AsyncIterator[SnapshotStore]:
         yield opened
     finally:
         await opened.stop()
+
+
+@pytest.fixture
+async def lease(store: SnapshotStore) -> AsyncIterator[Leadership]:
+    """The fixture store's leadership, held for the test."""
+    held = await led(store)
+    try:
+        yield held
+    finally:
+        await held.release()

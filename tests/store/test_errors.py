@@ -15,7 +15,7 @@ from poller.store import postgres, sqlite
 from poller.store.postgres import PostgresStore
 from poller.store.sqlite import SqliteStore
 from tests.fixtures.postgres import pg_execute
-from tests.store.conftest import snap
+from tests.store.conftest import led, snap, write
 
 PG_CASES = [
     pytest.param(ConnectionRefusedError(111, "refused"), StoreUnavailable, id="refused"),
@@ -85,13 +85,14 @@ class TestRealFailures:
         """A commit blocked by another writer past the busy timeout is StoreUnavailable."""
         store = SqliteStore(tmp_path / "poller.db", busy_timeout_s=0.1)
         async with store:
+            lease = await led(store)
             other = sqlite3.connect(tmp_path / "poller.db", isolation_level=None)
             try:
                 other.execute("BEGIN IMMEDIATE")
                 with pytest.raises(StoreUnavailable, match="locked"):
-                    await store.commit_page([snap("t1")])
+                    await write(store, lease, [snap("t1")])
                 other.execute("ROLLBACK")
-                await store.commit_page([snap("t1")])  # and it recovers once the lock is gone
+                await write(store, lease, [snap("t1")])  # and it recovers once the lock is gone
             finally:
                 other.close()
             assert await store.count_tasks() == 1
@@ -107,4 +108,6 @@ class TestRealFailures:
             with contextlib.suppress(StoreUnavailable):
                 await store.ping()
             await asyncio.wait_for(store.ping(), 10)
-            await store.commit_page([snap("t1")])
+            lease = await led(store)
+            await write(store, lease, [snap("t1")])
+            await lease.release()

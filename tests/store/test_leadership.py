@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from poller.errors import StoreConflict
+from poller.errors import LeadershipLost
 from poller.store.base import Leadership
 from poller.store.postgres import LEADER_KEY
 from poller.store.sqlite import path_from_url
 from tests.fixtures.postgres import pg_execute
-from tests.store.conftest import make_store, snap
+from tests.store.conftest import make_store, record, snap, write
 
 TAKEOVER_S = 5.0  # the promise: another replica leads within seconds
 # A separate process that takes the lock, says so, and then waits to be killed.
@@ -74,7 +74,7 @@ class TestLeadership:
             assert await first.acquire(asyncio.Event())
             assert not await second.acquire(await stopped_after(1.5))
             await first.ensure()
-            with pytest.raises(StoreConflict):
+            with pytest.raises(LeadershipLost):
                 await second.ensure()
         finally:
             await first.release()
@@ -90,7 +90,7 @@ class TestLeadership:
             await first.release()
             assert await asyncio.wait_for(waiting, TAKEOVER_S)
             await second.ensure()
-            with pytest.raises(StoreConflict):
+            with pytest.raises(LeadershipLost):
                 await first.ensure()
         finally:
             await first.release()
@@ -118,7 +118,7 @@ class TestLeadership:
         stop.set()
         lead = leader(store_url)
         assert not await lead.acquire(stop)
-        with pytest.raises(StoreConflict):
+        with pytest.raises(LeadershipLost):
             await lead.ensure()
         await lead.release()
 
@@ -157,7 +157,7 @@ class TestAdvisoryLock:
             waiting = asyncio.create_task(second.acquire(asyncio.Event()))
             pid = await advisory_holder_pid(pg_url)
             assert await pg_execute(pg_url, "SELECT pg_terminate_backend($1)", pid)
-            with pytest.raises(StoreConflict, match="lost"):
+            with pytest.raises(LeadershipLost, match="lost"):
                 await first.ensure()
             assert await asyncio.wait_for(waiting, TAKEOVER_S)
             await second.ensure()
@@ -175,13 +175,14 @@ class TestAdvisoryLock:
         lead, rival_lead = store.leadership(), rival.leadership()
         try:
             assert await lead.acquire(asyncio.Event())
-            await store.commit_page([snap("before")])
+            await write(store, lead, [snap("before")])
             assert await pg_execute(pg_url, "SELECT pg_terminate_backend($1)",
                                     await advisory_holder_pid(pg_url))
             assert await asyncio.wait_for(rival_lead.acquire(asyncio.Event()), TAKEOVER_S)
-            with pytest.raises(StoreConflict, match="not written"):
-                await store.commit_page([snap("after")])
-            assert set(await rival.get_snapshots(["before", "after"])) == {"before"}
+            with pytest.raises(LeadershipLost, match="nothing was written"):
+                await write(store, lead, [snap("after")], records=[record(1)])
+            assert set(await rival.read_snapshots(["before", "after"])) == {"before"}
+            assert await rival.outbox_depth() == 0
         finally:
             await lead.release()
             await rival_lead.release()
@@ -198,7 +199,7 @@ class TestFileLock:
             assert await lead.acquire(asyncio.Event())
             await lead.ensure()
             os.unlink(f"{path_from_url(url)}.lock")
-            with pytest.raises(StoreConflict, match="removed or replaced"):
+            with pytest.raises(LeadershipLost, match="removed or replaced"):
                 await lead.ensure()
         finally:
             await lead.release()

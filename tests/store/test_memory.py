@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from poller.errors import StoreConflict, StoreUnavailable
+from poller.errors import LeadershipLost, StoreConflict, StoreUnavailable
 from poller.models import DeadLetterMark, PollState
 from poller.store.memory import MemoryStore
-from tests.store.conftest import snap, type_snap
+from tests.store.conftest import led, record, snap, type_snap, write
 
 
 @pytest.fixture
@@ -22,34 +22,40 @@ async def memory() -> MemoryStore:
 
 class TestMemoryStore:
     async def test_round_trips(self, memory: MemoryStore) -> None:
-        """Snapshots, marks, types and state come back as committed."""
-        await memory.commit_page([snap("t1"), snap("t1", 2)], [DeadLetterMark("fp", None)])
-        await memory.commit_types([type_snap("a")])
-        await memory.save_state(PollState(baseline_complete=True))
-        assert await memory.get_snapshots(["t1", "x"]) == {"t1": snap("t1", 2)}
+        """Snapshots, marks, types, state and outbox records come back as committed."""
+        lease = await led(memory)
+        last = await write(memory, lease, [snap("t1"), snap("t1", 2)], [DeadLetterMark("fp", None)],
+                           types=[type_snap("a")], state=PollState(baseline_complete=True),
+                           records=[record(1), record(2)])
+        assert await memory.read_snapshots(["t1", "x"]) == {"t1": snap("t1", 2)}
         assert await memory.seen_dead_letters(["fp", "y"]) == {"fp"}
-        assert await memory.get_types() == {"a": type_snap("a")}
-        assert await memory.get_types(["b"]) == {}
+        assert await memory.read_types() == {"a": type_snap("a")}
+        assert await memory.read_types(["b"]) == {}
         assert (await memory.load_state()).baseline_complete
         assert await memory.count_tasks() == 1
-        assert memory.commits == 1
+        assert [entry.record for entry in await memory.pending(5)] == [record(1), record(2)]
+        assert last == 2 and memory.commits == 1
 
-    async def test_injected_faults(self, memory: MemoryStore) -> None:
-        """fail_next(n) fails exactly the next n calls, and a failed commit stores nothing."""
-        memory.fail_next(2)
-        with pytest.raises(StoreUnavailable):
-            await memory.commit_page([snap("t1")])
-        with pytest.raises(StoreUnavailable):
-            await memory.ping()
+    async def test_a_chosen_operation_fails(self, memory: MemoryStore) -> None:
+        """fail("commit", 2) fails exactly the next two commits, which store nothing; other
+        operations are untouched."""
+        lease = await led(memory)
+        memory.fail("commit", times=2)
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                await write(memory, lease, [snap("t1")])
         await memory.ping()
         assert await memory.count_tasks() == 0
-        assert memory.calls == ["start", "commit_page", "ping", "ping", "count_tasks"]
+        await write(memory, lease, [snap("t1")])
+        assert await memory.count_tasks() == 1
 
     async def test_injected_custom_error(self, memory: MemoryStore) -> None:
-        """An injected error of another kind is raised as given."""
-        memory.fail_next(error=StoreConflict("boom"))
+        """An injected error of another kind is raised as given; unknown operations are refused."""
+        memory.fail("load_state", error=StoreConflict("boom"))
         with pytest.raises(StoreConflict, match="boom"):
             await memory.load_state()
+        with pytest.raises(ValueError, match="no operation"):
+            memory.fail("commit_everything")
 
     async def test_not_started(self) -> None:
         """Calls before start() raise StoreUnavailable; stop() is idempotent."""
@@ -69,7 +75,7 @@ class TestMemoryLeadership:
         waiting = asyncio.create_task(second.acquire(asyncio.Event()))
         await first.release()
         assert await asyncio.wait_for(waiting, 2)
-        with pytest.raises(StoreConflict):
+        with pytest.raises(LeadershipLost):
             await first.ensure()
         await second.ensure()
 
@@ -79,7 +85,7 @@ class TestMemoryLeadership:
         lead = store.leadership()
         assert await lead.acquire(asyncio.Event())
         store.revoke_leadership()
-        with pytest.raises(StoreConflict):
+        with pytest.raises(LeadershipLost):
             await lead.ensure()
         stop = asyncio.Event()
         stop.set()

@@ -12,7 +12,7 @@ from poller.errors import StoreConflict
 from poller.store.migrations import LATEST_VERSION, MIGRATIONS, Migration, pending
 from poller.store.sqlite import path_from_url
 from tests.fixtures.postgres import pg_execute
-from tests.store.conftest import make_store, snap
+from tests.store.conftest import led, make_store, snap, write
 
 
 def _sqlite_value(url: str, statement: str) -> Any:
@@ -60,7 +60,9 @@ class TestSchema:
     async def test_restart_is_idempotent(self, store_url: str) -> None:
         """Starting again on a migrated database changes nothing and keeps the data."""
         async with make_store(store_url) as store:  # type: ignore[attr-defined]
-            await store.commit_page([snap("t1")])
+            lease = await led(store)
+            await write(store, lease, [snap("t1")])
+            await lease.release()
         async with make_store(store_url) as store:  # type: ignore[attr-defined]
             assert await store.schema_version() == LATEST_VERSION
             assert await store.count_tasks() == 1

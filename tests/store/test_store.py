@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from poller.errors import StoreConflict, StoreError, StoreUnavailable
-from poller.models import BEIJING, DeadLetterMark, PollState
-from poller.store.base import SnapshotStore
-from tests.store.conftest import make_store, snap, type_snap
+from poller.errors import LeadershipLost, StoreConflict, StoreError, StoreUnavailable
+from poller.models import BEIJING, DeadLetterMark, PollState, StoredHashes
+from poller.store.base import Leadership, SnapshotStore
+from tests.store.conftest import led, make_store, record, snap, type_snap, write
 
 
 def bad(task_id: str) -> Any:
@@ -21,118 +21,188 @@ def bad(task_id: str) -> Any:
 
 
 class TestSnapshots:
-    async def test_round_trip(self, store: SnapshotStore) -> None:
+    async def test_round_trip(self, store: SnapshotStore, lease: Leadership) -> None:
         """A committed snapshot comes back field for field, bytes and time zone included."""
         document = '{"task_content":"巡店\\u0000","x":1}'.encode() + b"\x00\xff"
-        first = snap("t1", 3, document=document)
-        second = dataclasses.replace(snap("t2"), modify_time=None)
-        await store.commit_page([first, second])
-        found = await store.get_snapshots(["t1", "t2"])
+        first = dataclasses.replace(snap("t1", 3, document=document), received=-(2**63))
+        second = dataclasses.replace(snap("t2"), modify_time=None, received=2**63 - 1)
+        await write(store, lease, [first, second])
+        found = await store.read_snapshots(["t1", "t2"])
         assert found == {"t1": first, "t2": second}
         assert found["t1"].modify_time is not None
         assert found["t1"].modify_time.utcoffset() == BEIJING.utcoffset(None)
 
-    async def test_times_are_returned_in_beijing(self, store: SnapshotStore) -> None:
+    async def test_times_are_returned_in_beijing(self, store: SnapshotStore, lease: Leadership) -> None:
         """A modify_time given in UTC is the same instant when read back, in +08:00."""
         utc_time = datetime(2024, 5, 1, 1, 30, tzinfo=UTC)
-        await store.commit_page([snap("t1", modify_time=utc_time)])
-        stored = (await store.get_snapshots(["t1"]))["t1"].modify_time
+        await write(store, lease, [snap("t1", modify_time=utc_time)])
+        stored = (await store.read_snapshots(["t1"]))["t1"].modify_time
         assert stored == utc_time
         assert stored is not None and stored.hour == 9
 
-    async def test_absent_ids_are_missing(self, store: SnapshotStore) -> None:
+    async def test_absent_ids_are_missing(self, store: SnapshotStore, lease: Leadership) -> None:
         """Unknown ids are simply absent from the answer; no ids is an empty answer."""
-        await store.commit_page([snap("t1")])
-        assert set(await store.get_snapshots(["t1", "nope", "t1"])) == {"t1"}
-        assert await store.get_snapshots([]) == {}
+        await write(store, lease, [snap("t1")])
+        assert set(await store.read_snapshots(["t1", "nope", "t1"])) == {"t1"}
+        assert await store.read_snapshots([]) == {}
 
-    async def test_upsert_replaces(self, store: SnapshotStore) -> None:
-        """Committing a task again replaces hash, document, version and modify_time."""
-        await store.commit_page([snap("t1", 0)])
-        newer = snap("t1", 1, document=b'{"new":true}',
-                     modify_time=datetime(2024, 6, 2, 8, 0, tzinfo=BEIJING))
-        await store.commit_page([newer])
-        assert await store.get_snapshots(["t1"]) == {"t1": newer}
+    async def test_upsert_replaces(self, store: SnapshotStore, lease: Leadership) -> None:
+        """Committing a task again replaces hash, document, version, modify_time and rendering."""
+        await write(store, lease, [snap("t1", 0)])
+        newer = dataclasses.replace(snap("t1", 1, document=b'{"new":true}',
+                                         modify_time=datetime(2024, 6, 2, 8, 0, tzinfo=BEIJING)),
+                                    received=7)
+        await write(store, lease, [newer])
+        assert await store.read_snapshots(["t1"]) == {"t1": newer}
 
-    async def test_repeat_within_page_last_wins(self, store: SnapshotStore) -> None:
+    async def test_repeat_within_page_last_wins(self, store: SnapshotStore, lease: Leadership) -> None:
         """A task repeated within one page (pagination drift) is stored once, as last seen."""
-        await store.commit_page([snap("t1", 1), snap("t2"), snap("t1", 2)])
-        assert (await store.get_snapshots(["t1"]))["t1"].version == 2
+        await write(store, lease, [snap("t1", 1), snap("t2"), snap("t1", 2)])
+        assert (await store.read_snapshots(["t1"]))["t1"].version == 2
         assert await store.count_tasks() == 2
 
-    async def test_many_ids_in_one_call(self, store: SnapshotStore) -> None:
+    async def test_many_ids_in_one_call(self, store: SnapshotStore, lease: Leadership) -> None:
         """5,000 stored ids and 100 absent ones are answered by a single call."""
         page = [snap(f"task-{n:05}", n) for n in range(5000)]
-        await store.commit_page(page)
+        await write(store, lease, page)
         wanted = [s.task_id for s in page] + [f"absent-{n}" for n in range(100)]
-        found = await store.get_snapshots(wanted)
+        found = await store.read_snapshots(wanted)
         assert len(found) == 5000
         assert found["task-04999"] == page[-1]
 
-    async def test_hashes_are_the_fast_path(self, store: SnapshotStore) -> None:
-        """get_hashes answers stored hashes only, for many ids at once, after every upsert."""
-        page = [snap(f"task-{n:05}", n) for n in range(2500)]
-        await store.commit_page(page)
-        await store.commit_page([dataclasses.replace(page[7], hash="h-new")])
-        found = await store.get_hashes([s.task_id for s in page] + ["absent", "task-00001"])
+    async def test_hashes_are_the_fast_path(self, store: SnapshotStore, lease: Leadership) -> None:
+        """read_hashes answers content and rendering hashes, for many ids, after every upsert."""
+        page = [dataclasses.replace(snap(f"task-{n:05}", n), received=n) for n in range(2500)]
+        await write(store, lease, page)
+        await write(store, lease, [dataclasses.replace(page[7], hash="h-new", received=None)])
+        found = await store.read_hashes([s.task_id for s in page] + ["absent", "task-00001"])
         assert len(found) == 2500 and "absent" not in found
-        assert found["task-00007"] == "h-new" and found["task-02499"] == page[-1].hash
-        assert await store.get_hashes([]) == {}
+        assert found["task-00007"] == StoredHashes("h-new", None)
+        assert found["task-02499"] == StoredHashes(page[-1].hash, 2499)
+        assert await store.read_hashes([]) == {}
 
-    async def test_empty_commit(self, store: SnapshotStore) -> None:
-        """An empty page commits nothing and does not fail."""
-        await store.commit_page([])
+    async def test_renderings_update_only_the_rendering_hash(
+            self, store: SnapshotStore, lease: Leadership) -> None:
+        """A re-rendered task keeps its snapshot; only its rendering hash changes."""
+        await write(store, lease, [snap("t1", 4), snap("t2", 1)])
+        await write(store, lease, renderings=[("t1", 42)])
+        assert await store.read_snapshots(["t1", "t2"]) == {
+            "t1": dataclasses.replace(snap("t1", 4), received=42), "t2": snap("t2", 1)}
+
+    async def test_empty_commit(self, store: SnapshotStore, lease: Leadership) -> None:
+        """An empty commit writes nothing, returns no outbox id and does not fail."""
+        assert await write(store, lease) is None
         assert await store.count_tasks() == 0
 
 
 class TestAtomicity:
-    async def test_failed_commit_writes_nothing(self, store: SnapshotStore) -> None:
-        """A page with one row the database refuses leaves no snapshot or mark of that page."""
-        await store.commit_page([snap("t1", 0)])
+    async def test_failed_commit_writes_nothing(self, store: SnapshotStore, lease: Leadership) -> None:
+        """A commit with one row the database refuses leaves no snapshot, mark, type, state or
+        outbox record of that commit."""
+        await write(store, lease, [snap("t1", 0)])
         page = [snap("t1", 5), snap("t2"), bad("t3"), snap("t4")]
         with pytest.raises(StoreConflict):
-            await store.commit_page(page, [DeadLetterMark("fp-1", "t9")])
-        assert await store.get_snapshots(["t1", "t2", "t3", "t4"]) == {"t1": snap("t1", 0)}
+            await write(store, lease, page, [DeadLetterMark("fp-1", "t9")], types=[type_snap("a")],
+                        records=[record(1)], state=PollState(baseline_complete=True))
+        assert await store.read_snapshots(["t1", "t2", "t3", "t4"]) == {"t1": snap("t1", 0)}
         assert await store.seen_dead_letters(["fp-1"]) == set()
+        assert await store.read_types() == {}
+        assert await store.pending(10) == []
+        assert await store.load_state() == PollState()
         assert await store.count_tasks() == 1
 
-    async def test_store_usable_after_failed_commit(self, store: SnapshotStore) -> None:
-        """After a refused page, the next page commits normally."""
+    async def test_store_usable_after_failed_commit(self, store: SnapshotStore, lease: Leadership) -> None:
+        """After a refused commit, the next one commits normally."""
         with pytest.raises(StoreError):
-            await store.commit_page([bad("t1")])
-        await store.commit_page([snap("t1")])
-        assert set(await store.get_snapshots(["t1"])) == {"t1"}
+            await write(store, lease, [bad("t1")])
+        await write(store, lease, [snap("t1")])
+        assert set(await store.read_snapshots(["t1"])) == {"t1"}
+
+
+class TestOutbox:
+    async def test_records_keep_their_order_and_bytes(self, store: SnapshotStore, lease: Leadership) -> None:
+        """Outbox records come back oldest first, exactly as committed, tombstones included."""
+        first = await write(store, lease, [snap("t1")], records=[record(1), record(2)])
+        second = await write(store, lease, records=[record(3, "dead-letter"), record(4, value=None)])
+        assert first is not None and second is not None and second > first
+        pending = await store.pending(10)
+        assert [entry.record for entry in pending] == [
+            record(1), record(2), record(3, "dead-letter"), record(4, value=None)]
+        assert [entry.id for entry in pending] == sorted(entry.id for entry in pending)
+        assert pending[1].id == first and pending[-1].id == second
+        assert await store.outbox_depth() == 4
+
+    async def test_mark_sent_drops_through_the_id(self, store: SnapshotStore, lease: Leadership) -> None:
+        """mark_sent drops every record up to the id; later ones stay, in order; pending pages."""
+        through = await write(store, lease, records=[record(n) for n in range(3)])
+        await write(store, lease, records=[record(n) for n in range(3, 6)])
+        assert through is not None
+        await store.mark_sent(through)
+        assert [entry.record for entry in await store.pending(2)] == [record(3), record(4)]
+        assert await store.outbox_depth() == 3
+
+    async def test_a_commit_of_only_records(self, store: SnapshotStore, lease: Leadership) -> None:
+        """A commit of records alone (a dead letter) writes them and nothing else."""
+        assert await write(store, lease, records=[record(1)]) is not None
+        assert await store.count_tasks() == 0 and await store.outbox_depth() == 1
+
+
+class TestFencing:
+    async def test_no_write_without_leadership(self, store: SnapshotStore) -> None:
+        """A commit under a leadership never acquired raises LeadershipLost and writes nothing."""
+        with pytest.raises(LeadershipLost):
+            await write(store, store.leadership(), [snap("t1")], records=[record(1)])
+        assert await store.count_tasks() == 0 and await store.outbox_depth() == 0
+
+    async def test_no_write_after_release(self, store: SnapshotStore) -> None:
+        """A released leadership fences every later commit."""
+        lease = await led(store)
+        await write(store, lease, [snap("t1")])
+        await lease.release()
+        with pytest.raises(LeadershipLost):
+            await write(store, lease, [snap("t2")], state=PollState(baseline_complete=True))
+        assert set(await store.read_snapshots(["t1", "t2"])) == {"t1"}
+        assert await store.load_state() == PollState()
+
+    async def test_a_leadership_of_another_store_is_refused(
+            self, store: SnapshotStore, tmp_path: Path) -> None:
+        """Holding some other store's lock proves nothing about this one."""
+        async with make_store(f"sqlite:///{tmp_path / 'other.db'}") as other:  # type: ignore[attr-defined]
+            lease = await led(other)
+            try:
+                with pytest.raises(LeadershipLost):
+                    await write(store, lease, [snap("t1")])
+            finally:
+                await lease.release()
 
 
 class TestDeadLetters:
-    async def test_marks_round_trip(self, store: SnapshotStore) -> None:
+    async def test_marks_round_trip(self, store: SnapshotStore, lease: Leadership) -> None:
         """Committed fingerprints are reported as seen; others are not."""
-        marks = [DeadLetterMark("fp-1", "t1"), DeadLetterMark("fp-2", None)]
-        await store.commit_page([], marks)
+        await write(store, lease, marks=[DeadLetterMark("fp-1", "t1"), DeadLetterMark("fp-2", None)])
         assert await store.seen_dead_letters(["fp-1", "fp-2", "fp-3"]) == {"fp-1", "fp-2"}
         assert await store.seen_dead_letters([]) == set()
 
-    async def test_marking_twice_is_harmless(self, store: SnapshotStore) -> None:
-        """The same fingerprint marked again (also twice in one page) is accepted silently."""
+    async def test_marking_twice_is_harmless(self, store: SnapshotStore, lease: Leadership) -> None:
+        """The same fingerprint marked again (also twice in one commit) is accepted silently."""
         mark = DeadLetterMark("fp-1", "t1")
-        await store.commit_page([snap("t1")], [mark, mark])
-        await store.commit_page([], [mark])
+        await write(store, lease, [snap("t1")], [mark, mark])
+        await write(store, lease, marks=[mark])
         assert await store.seen_dead_letters(["fp-1"]) == {"fp-1"}
 
 
 class TestTypes:
-    async def test_round_trip_and_upsert(self, store: SnapshotStore) -> None:
-        """Types are stored, replaced on a second commit, and read by id or all at once."""
-        await store.commit_types([type_snap("a"), type_snap("b")])
-        await store.commit_types([type_snap("a", "回访")])
-        assert await store.get_types(["a", "zz"]) == {"a": type_snap("a", "回访")}
-        assert await store.get_types() == {"a": type_snap("a", "回访"), "b": type_snap("b")}
-        assert await store.get_types([]) == {}
+    async def test_round_trip_and_upsert(self, store: SnapshotStore, lease: Leadership) -> None:
+        """Types are stored with their version, replaced on a second commit, read by id or all."""
+        await write(store, lease, types=[type_snap("a"), type_snap("b")])
+        await write(store, lease, types=[type_snap("a", "回访", version=3)])
+        assert await store.read_types(["a", "zz"]) == {"a": type_snap("a", "回访", version=3)}
+        assert await store.read_types() == {"a": type_snap("a", "回访", version=3), "b": type_snap("b")}
+        assert await store.read_types([]) == {}
 
     async def test_empty_store_has_no_types(self, store: SnapshotStore) -> None:
-        """A new store has no types and an empty commit is fine."""
-        await store.commit_types([])
-        assert await store.get_types() == {}
+        """A new store has no types."""
+        assert await store.read_types() == {}
 
 
 class TestState:
@@ -140,26 +210,26 @@ class TestState:
         """A new store answers PollState()."""
         assert await store.load_state() == PollState()
 
-    async def test_state_round_trip_and_replace(self, store: SnapshotStore) -> None:
+    async def test_state_round_trip_and_replace(self, store: SnapshotStore, lease: Leadership) -> None:
         """The saved state is read back exactly, and a later save replaces it."""
         first = PollState(
             window_from=date(2024, 5, 1),
             last_success_started_at=datetime(2024, 5, 1, 23, 59, 30, 123456, tzinfo=BEIJING),
             start_mode="baseline", baseline_complete=True,
         )
-        await store.save_state(first)
+        await write(store, lease, state=first)
         assert await store.load_state() == first
         second = first.model_copy(update={"window_from": date(2024, 5, 2)})
-        await store.save_state(second)
+        await write(store, lease, state=second)
         assert await store.load_state() == second
 
 
 class TestCount:
-    async def test_count_follows_inserts_not_updates(self, store: SnapshotStore) -> None:
+    async def test_count_follows_inserts_not_updates(self, store: SnapshotStore, lease: Leadership) -> None:
         """count_tasks grows with new tasks only, not with updates of known ones."""
         assert await store.count_tasks() == 0
-        await store.commit_page([snap(f"t{n}") for n in range(10)])
-        await store.commit_page([snap(f"t{n}", 1) for n in range(5, 15)])
+        await write(store, lease, [snap(f"t{n}") for n in range(10)])
+        await write(store, lease, [snap(f"t{n}", 1) for n in range(5, 15)])
         assert await store.count_tasks() == 15
 
 
@@ -168,15 +238,18 @@ class TestPersistence:
         """Everything committed is there after stop and a new store on the same URL."""
         first = make_store(store_url)
         await first.start()
-        await first.commit_page([snap("t1", 2)], [DeadLetterMark("fp", "t1")])
-        await first.commit_types([type_snap("a")])
-        await first.save_state(PollState(window_from=date(2024, 1, 2)))
+        lease = await led(first)
+        await write(first, lease, [snap("t1", 2)], [DeadLetterMark("fp", "t1")],
+                    types=[type_snap("a")], records=[record(1)],
+                    state=PollState(window_from=date(2024, 1, 2)))
+        await lease.release()
         await first.stop()
         second = make_store(store_url)
         async with second:  # type: ignore[attr-defined]
-            assert await second.get_snapshots(["t1"]) == {"t1": snap("t1", 2)}
+            assert await second.read_snapshots(["t1"]) == {"t1": snap("t1", 2)}
             assert await second.seen_dead_letters(["fp"]) == {"fp"}
-            assert await second.get_types() == {"a": type_snap("a")}
+            assert await second.read_types() == {"a": type_snap("a")}
+            assert [entry.record for entry in await second.pending(5)] == [record(1)]
             assert (await second.load_state()).window_from == date(2024, 1, 2)
             assert await second.count_tasks() == 1
 

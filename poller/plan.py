@@ -1,0 +1,286 @@
+"""Pure: one page of raw records -> what to commit and publish (snapshots, events, dead letters).
+
+Every decision of a page is made here, without I/O and without a clock (`now` is an argument):
+which renderings are already known, which tasks changed, their events and ids, which records
+are dead letters, and the counts the metrics report. The loop only reads what this module asks
+for, commits the plan and sends its records.
+
+No record can stop the stream: whatever goes wrong while one record is normalised, diffed or
+encoded makes that record a dead letter; the page and the cycle go on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from poller import diff, events, normalise
+from poller.errors import NormaliseError
+from poller.models import (
+    Commit,
+    DeadLetterMark,
+    NormalisedTask,
+    OutboundRecord,
+    Snapshot,
+    StoredHashes,
+    Window,
+)
+
+log = structlog.get_logger(__name__)
+
+# modify_time has minute precision: a change stamped in the minute a scan started may be missed
+# by it without any skip having happened.
+MODIFY_TIME_PRECISION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One page as received: each record with its readable task_id and its rendering's hash."""
+
+    records: Sequence[Any]
+    task_ids: Sequence[str | None]
+    hashes: Sequence[int]
+
+    @property
+    def readable_ids(self) -> list[str]:
+        """The task_ids that could be read, malformed records included, in page order."""
+        return [task_id for task_id in self.task_ids if task_id is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A record whose rendering is new: normalised, with what it was normalised from."""
+
+    task: NormalisedTask
+    received: int
+    raw: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A record that could not be processed, on its way to the dead-letter topic."""
+
+    raw: Any
+    error: NormaliseError
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A page after normalisation: what is new, what is known, what is unreadable.
+
+    `tasks` holds the last rendering of each task whose rendering is new (within one page the
+    last one wins); `renderings` the tasks whose content is known but rendering is new.
+    """
+
+    tasks: dict[str, Seen]
+    rejects: list[Reject]
+    renderings: list[tuple[str, int]]
+    unchanged: int
+
+    @property
+    def changed_ids(self) -> list[str]:
+        """Tasks whose content differs from (or is missing in) the store."""
+        return list(self.tasks)
+
+    @property
+    def type_ids(self) -> set[str]:
+        """Task types referenced by the changed tasks."""
+        return {seen.task.type_id for seen in self.tasks.values() if seen.task.type_id}
+
+    @property
+    def fingerprints(self) -> list[str]:
+        """The dead-letter fingerprints of this page's rejects."""
+        return [reject.fingerprint for reject in self.rejects]
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the store and the type catalog know about an observed page."""
+
+    snapshots: Mapping[str, Snapshot] = field(default_factory=dict)
+    dead_lettered: AbstractSet[str] = frozenset()
+    type_names: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PageContext:
+    """What every page of one scan shares."""
+
+    source: str
+    window: Window
+    page: int
+    silent_new: bool = False  # baseline: record unseen tasks without events
+    previous_scan: datetime | None = None  # start of the last complete scan, to spot healed skips
+
+
+@dataclass(frozen=True, slots=True)
+class PageCounts:
+    """What one page did, for the scan's stats and the metrics."""
+
+    records: int = 0
+    repeats: int = 0
+    unchanged: int = 0
+    changed: int = 0
+    events: int = 0
+    skips_healed: int = 0
+    dead_letters: Mapping[str, int] = field(default_factory=dict)  # by kind
+
+
+@dataclass(frozen=True, slots=True)
+class PagePlan:
+    """Everything one page commits (in one transaction) and then publishes."""
+
+    commit: Commit
+    counts: PageCounts
+
+
+def receive(records: Sequence[Any]) -> Received:
+    """The task_id and rendering hash of every record (cheap: no normalisation)."""
+    return Received(
+        records=records,
+        task_ids=[normalise.task_id_of(raw) for raw in records],
+        hashes=[normalise.received_hash(raw) for raw in records],
+    )
+
+
+def observe(received: Received, stored: Mapping[str, StoredHashes]) -> Observed:
+    """Normalise the records whose rendering the store does not know; reject the unreadable.
+
+    A rendering identical to the one last received for that task is unchanged without being
+    normalised: that is the whole cost of an unchanged task. Nothing raises.
+    """
+    tasks: dict[str, Seen] = {}
+    rejects: list[Reject] = []
+    renderings: dict[str, int] = {}
+    unchanged = 0
+    for raw, task_id, rendering in zip(received.records, received.task_ids, received.hashes,
+                                       strict=True):
+        known = stored.get(task_id) if task_id is not None else None
+        if task_id is not None and (tasks or renderings):  # on one page the last rendering wins
+            tasks.pop(task_id, None)
+            renderings.pop(task_id, None)
+        if known is not None and known.received == rendering:
+            unchanged += 1
+            continue
+        try:
+            task = normalise.task(raw)
+        except Exception as exc:  # one record never stops the page
+            rejects.append(_reject(raw, task_id, exc))
+            continue
+        if known is not None and known.hash == task.hash:
+            unchanged += 1
+            renderings[task.task_id] = rendering
+        else:
+            tasks[task.task_id] = Seen(task, rendering, raw)
+    return Observed(tasks, rejects, list(renderings.items()), unchanged)
+
+
+def plan_page(observed: Observed, known: Known, *, received: Received, seen_in_scan: AbstractSet[str],
+              ctx: PageContext, now: datetime) -> PagePlan:
+    """Every decision of one page: snapshots, events (encoded), dead letters and counts."""
+    snapshots: list[Snapshot] = []
+    records: list[OutboundRecord] = []
+    rejects = list(observed.rejects)
+    changed = events_count = healed = 0
+    for task_id, seen in observed.tasks.items():
+        before = known.snapshots.get(task_id)
+        try:
+            snapshot, encoded = _observe_task(seen, before, known, ctx, now)
+        except Exception as exc:  # a diff or encoding bug dead-letters one record
+            rejects.append(_reject(seen.raw, task_id, exc))
+            continue
+        snapshots.append(snapshot)
+        if encoded:
+            changed += 1
+            events_count += len(encoded)
+            records.extend(encoded)
+            healed += _was_skipped(before, seen.task, ctx.previous_scan)
+    marks, dead, kinds = _dead_letters(rejects, known.dead_lettered, ctx, now)
+    commit = Commit(snapshots=snapshots, renderings=observed.renderings, marks=marks,
+                    records=records + dead)
+    counts = PageCounts(
+        records=len(received.records),
+        repeats=count_repeats(received.readable_ids, seen_in_scan),
+        unchanged=observed.unchanged,
+        changed=changed,
+        events=events_count,
+        skips_healed=healed,
+        dead_letters=kinds,
+    )
+    return PagePlan(commit, counts)
+
+
+def count_repeats(task_ids: Sequence[str], seen_in_scan: AbstractSet[str]) -> int:
+    """Task ids read earlier in the same scan or twice on this page: pagination drift.
+
+    Repeats are harmless for events (the diff is idempotent), but they mean the scan may also
+    have skipped a task, so its days must stay in the window.
+    """
+    on_page: set[str] = set()
+    repeats = 0
+    for task_id in task_ids:
+        if task_id in seen_in_scan or task_id in on_page:
+            repeats += 1
+        on_page.add(task_id)
+    return repeats
+
+
+def _observe_task(seen: Seen, before: Snapshot | None, known: Known, ctx: PageContext,
+                  now: datetime) -> tuple[Snapshot, list[OutboundRecord]]:
+    task = seen.task
+    observation = diff.observe(
+        before, task, observed_at=now,
+        type_name=known.type_names.get(task.type_id) if task.type_id else None,
+        silent=ctx.silent_new and before is None,
+    )
+    snapshot = observation.snapshot(task, seen.received)
+    # Only tasks whose hash differs are observed here, so there is always something to store.
+    assert snapshot is not None, "a differing task always has a snapshot to store"
+    return snapshot, [events.encode(event, source=ctx.source) for event in observation.events]
+
+
+def _reject(raw: Any, task_id: str | None, exc: Exception) -> Reject:
+    if isinstance(exc, NormaliseError):
+        error = exc
+    else:  # a bug met by one record: the record is set aside, the stream goes on
+        log.error("record_failed", task_id=task_id, error_type=type(exc).__name__, error=str(exc))
+        error = NormaliseError(f"processing failed: {type(exc).__name__}: {exc}",
+                               task_id=task_id, kind="failed")
+    return Reject(raw, error, normalise.fingerprint(raw))
+
+
+def _dead_letters(rejects: Sequence[Reject], dead_lettered: AbstractSet[str], ctx: PageContext,
+                  now: datetime) -> tuple[list[DeadLetterMark], list[OutboundRecord], Counter[str]]:
+    """Dead letters for contents never sent before: once per distinct content, not per cycle.
+
+    Returns the marks to commit, the records to send and how many of each kind.
+    """
+    marks: list[DeadLetterMark] = []
+    records: list[OutboundRecord] = []
+    kinds: Counter[str] = Counter()
+    distinct = {reject.fingerprint: reject for reject in rejects}  # twice on one page: once
+    for reject in distinct.values():
+        if reject.fingerprint in dead_lettered:
+            continue
+        kinds[reject.error.kind] += 1
+        error = reject.error
+        log.warning("record_dead_lettered", reason=error.reason, task_id=error.task_id)
+        marks.append(DeadLetterMark(fingerprint=reject.fingerprint, task_id=error.task_id))
+        records.append(events.dead_letter(
+            reject.raw, reason=error.reason, task_id=error.task_id,
+            window=ctx.window.describe(), page=ctx.page, source=ctx.source, observed_at=now))
+    return marks, records, kinds
+
+
+def _was_skipped(before: Snapshot | None, task: NormalisedTask, previous_scan: datetime | None) -> bool:
+    """A change stamped well before the previous scan started should have been seen by it."""
+    if before is None or previous_scan is None or task.modify_time is None:
+        return False
+    return task.modify_time < previous_scan - MODIFY_TIME_PRECISION
