@@ -33,7 +33,8 @@ from poller.models import BEIJING, NormalisedTask, Snapshot, TaskType, TypeSnaps
 # Bookkeeping fields: a change to them alone is not news (the task was touched, or its
 # latest-feedback summary moved with a feedback entry that has its own event).
 SILENT_FIELDS: Final = frozenset({"modify_time", "latest_feedback_time", "latest_feedback_content"})
-# Fields with their own events, so never listed in TaskUpdated.changes.
+# Fields with their own events: listed in TaskUpdated.changes only for what those events do not
+# announce (a receiver renamed under the same id, a feedback entry removed or edited).
 OWN_EVENT_FIELDS: Final = frozenset(
     {"task_id", "receivers", "feedback_detail", "feedback_deadline", "task_status", "status"}
 )
@@ -161,7 +162,18 @@ def _changes(before: dict[str, Any], after: dict[str, Any], state: str) -> list[
     `state` is the hash of `after`: the ids of state events derive from it.
     """
     specs: list[_Spec] = []
-    changes = _field_changes(before, after, skip=SILENT_FIELDS | OWN_EVENT_FIELDS)
+    receivers = before.get("receivers", []), after.get("receivers", [])
+    reassigned = _reassignment(*receivers)
+    feedback = before.get("feedback_detail", []), after.get("feedback_detail", [])
+    # What no event of its own announces is a plain field change: a receiver renamed under the
+    # same id, a feedback entry removed or edited. So every observation that changes the task
+    # yields an event, and a consumer's copy of the task (each event carries it) never goes stale.
+    unannounced = set()
+    if not reassigned and receivers[0] != receivers[1]:
+        unannounced.add("receivers")
+    if _feedback_keys(feedback[0]) - _feedback_keys(feedback[1]):
+        unannounced.add("feedback_detail")
+    changes = _field_changes(before, after, skip=SILENT_FIELDS | (OWN_EVENT_FIELDS - unannounced))
     status_before, status_after = before.get("task_status", 0), after.get("task_status", 0)
     if status_before != status_after and status_after not in STATUS_EVENTS:
         changes["task_status"] = FieldChange(before=status_before, after=status_after)
@@ -170,14 +182,13 @@ def _changes(before: dict[str, Any], after: dict[str, Any], state: str) -> list[
     if life_before != life_after and lifecycle is None:
         changes["status"] = FieldChange(before=life_before, after=life_after)
     if changes:
-        specs.append((TaskUpdated, {"changes": changes}, state))
-    reassigned = _reassignment(before.get("receivers", []), after.get("receivers", []))
+        specs.append((TaskUpdated, {"changes": dict(sorted(changes.items()))}, state))
     if reassigned:
         specs.append((TaskReassigned, reassigned, state))
     deadline = (before.get("feedback_deadline"), after.get("feedback_deadline"))
     if deadline[0] != deadline[1]:
         specs.append((TaskDeadlineChanged, {"before": deadline[0], "after": deadline[1]}, state))
-    specs.extend(_new_feedback(before.get("feedback_detail", []), after.get("feedback_detail", [])))
+    specs.extend(_new_feedback(*feedback))
     if status_before != status_after and status_after in STATUS_EVENTS:
         detail = {"from_status": status_before, "to_status": status_after}
         specs.append((STATUS_EVENTS[status_after], detail, state))
@@ -205,12 +216,16 @@ def _reassignment(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
     return {"added": added, "removed": removed} if added or removed else {}
 
 
+def _feedback_keys(entries: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {feedback_key(entry) for entry in entries}
+
+
 def _new_feedback(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[_Spec]:
     """One FeedbackAdded per entry not seen before, oldest first (the canonical order).
 
     The id derives from the entry's identity, so the same feedback always has the same id.
     """
-    seen = {feedback_key(entry) for entry in before}
+    seen = _feedback_keys(before)
     return [
         (FeedbackAdded, {"feedback": entry}, orjson.dumps(key).decode())
         for entry in after

@@ -314,11 +314,14 @@ class MemoryPublisher:
         self.records: list[OutboundRecord] = []
         self.started = False
         self._failures_left = 0
+        self._delivered_before_failing = 0
         self._reachable = True
 
-    def fail_next(self, count: int = 1) -> None:
-        """Make the next `count` publish calls raise PublishUnavailable and store nothing."""
+    def fail_next(self, count: int = 1, *, delivered: int = 0) -> None:
+        """Make the next `count` publish calls raise PublishUnavailable; each keeps its first
+        `delivered` records before raising, as a broker that stored part of a batch would."""
         self._failures_left = count
+        self._delivered_before_failing = delivered
 
     def set_reachable(self, reachable: bool) -> None:
         """Make `ping` (and `start`) fail while False, as if the brokers were down."""
@@ -349,6 +352,7 @@ class MemoryPublisher:
         """Keep the records, or raise PublishUnavailable if a failure was injected."""
         if self._failures_left > 0:
             self._failures_left -= 1
+            self.records.extend(records[:self._delivered_before_failing])
             raise PublishUnavailable("injected publish failure")
         if not self.started:
             raise PublishUnavailable("the memory publisher is not started")
