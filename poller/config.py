@@ -27,6 +27,9 @@ DEFAULT_BASE_URL = "https://openapi.waiqin365.com"
 # Prefixes whose unknown variables are reported as likely typos. KAFKA_ is left out on purpose:
 # Kubernetes service links inject KAFKA_PORT, KAFKA_SERVICE_HOST, … for a Service named kafka.
 OWN_PREFIXES = ("WAIQIN_", "POLLER_", "LOG_")
+# The smallest KAFKA_MAX_MESSAGE_BYTES accepted: below it even a cut dead letter (CloudEvents
+# headers, window, reason and a prefix of the raw record) might not fit.
+MIN_MESSAGE_BYTES = 4096
 
 
 class _Group(BaseSettings):
@@ -46,6 +49,8 @@ class WaiqinSettings(_Group):
     rate_limit_per_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("WAIQIN_RATE_LIMIT_PER_SECOND"))
     max_attempts: int = Field(5, ge=1, validation_alias=AliasChoices("WAIQIN_MAX_ATTEMPTS"))
     page_rows: int = Field(1000, ge=1, le=1000, validation_alias=AliasChoices("WAIQIN_PAGE_ROWS"))
+    # A bound on one response body, so a runaway answer fails its request instead of the pod.
+    max_response_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
     @field_validator("openid")
     @classmethod
@@ -103,6 +108,8 @@ class KafkaSettings(_Group):
     compression_type: Literal["gzip", "none"] = "gzip"
     linger_ms: int = Field(20, ge=0)
     request_timeout_ms: int = Field(30_000, gt=0)
+    # Kafka's own default max.message.bytes; larger events are cut to fit (docs/design.md §4).
+    max_message_bytes: int = Field(1_000_000, ge=MIN_MESSAGE_BYTES)
 
     @field_validator("security_protocol", mode="before")
     @classmethod

@@ -31,6 +31,8 @@ class TestDefaults:
         assert s.topics.task_types == "waiqin365.task-types"
         assert s.topics.dead_letter == "waiqin365.poller.dead-letter"
         assert s.http.port == 8080 and (s.log.level, s.log.format) == ("INFO", "json")
+        assert s.waiqin.max_response_bytes == 67_108_864
+        assert s.kafka.max_message_bytes == 1_000_000
 
     def test_every_variable_is_read(self) -> None:
         """Each variable of the table changes its setting."""
@@ -39,7 +41,8 @@ class TestDefaults:
                  POLLER_POLL_INTERVAL="0.5", POLLER_LOOKBACK_MINUTES="45", POLLER_START_MODE="replay",
                  POLLER_START_DATE="2026-01-31", POLLER_TYPE_REFRESH_SECONDS="60",
                  POLLER_TOPIC_PREFIX="acme.waiqin", POLLER_HTTP_PORT="9100", LOG_LEVEL="debug",
-                 LOG_FORMAT="console")
+                 LOG_FORMAT="console", WAIQIN_MAX_RESPONSE_BYTES="1048576",
+                 KAFKA_MAX_MESSAGE_BYTES="5242880")
         assert s.waiqin.base_url == "https://openapi.qince.com"
         assert s.kafka.bootstrap_servers == "k1:9093,k2:9093" and not s.kafka.enable_idempotence
         assert s.store.backend == "postgresql"
@@ -47,6 +50,7 @@ class TestDefaults:
         assert s.poll.start_date == date(2026, 1, 31) and s.poll.type_refresh_s == 60.0
         assert s.topics.tasks == "acme.waiqin.tasks" and s.http.port == 9100
         assert (s.log.level, s.log.format) == ("DEBUG", "console")
+        assert s.waiqin.max_response_bytes == 1_048_576 and s.kafka.max_message_bytes == 5_242_880
 
 
 class TestBaseUrl:
@@ -86,6 +90,10 @@ class TestErrors:
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"WAIQIN_PAGE_ROWS": "5000"}, "WAIQIN_PAGE_ROWS"),
+        ({"WAIQIN_MAX_RESPONSE_BYTES": "0"}, "WAIQIN_MAX_RESPONSE_BYTES"),
+        ({"WAIQIN_MAX_RESPONSE_BYTES": "64MiB"}, "WAIQIN_MAX_RESPONSE_BYTES"),
+        ({"KAFKA_MAX_MESSAGE_BYTES": "1000"}, "KAFKA_MAX_MESSAGE_BYTES"),
+        ({"KAFKA_MAX_MESSAGE_BYTES": "1e6x"}, "KAFKA_MAX_MESSAGE_BYTES"),
     ], ids=lambda v: next(iter(v)) if isinstance(v, dict) else v)
     def test_bad_value_names_its_variable(self, env: dict[str, str], variable: str) -> None:
         """A bad value is a ConfigError on one line that names the variable."""
