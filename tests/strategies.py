@@ -7,6 +7,8 @@
   fields, duplicated receivers and feedback): it must normalise to the same hash.
 - `garbled_tasks()`: a record whose fields (known or not) hold arbitrary JSON values, for
   checking that a bad record only ever raises NormaliseError.
+- `json_payloads()`: an event-like JSON object (nested objects and arrays, numbers, short
+  texts and long ones of Chinese, emoji, quotes and control characters), for cutting to size.
 - `mutation_steps(raw)`: one step of a task's life (a non-empty set of changes, always with a
   new modify_time) with the event types DESIGN.md §4 expects from it, in table order.
 """
@@ -213,3 +215,22 @@ def _fresh_id(raw: dict[str, Any], salt: int = 0) -> str:
     while str(candidate) in taken:
         candidate += 10
     return str(candidate)
+
+
+# Runs of one character, so a long text costs one draw: plain, 3-byte Chinese, 4-byte emoji,
+# and characters JSON escapes (2 bytes for a quote, backslash or newline, 6 for \u0001).
+_runs = st.tuples(st.sampled_from(["a", "任务", "é", "🚀", '"', "\\", "\n", "\x01"]),
+                  st.integers(min_value=0, max_value=3000)).map(lambda run: run[0] * run[1])
+_long_texts = st.lists(_runs, min_size=1, max_size=3).map("".join)
+_keys = st.sampled_from(["task", "task_id", "feedback_detail", "feedback_content", "raw", "x", "名称"])
+_leaves = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False) | texts | _long_texts)
+_json_values = st.recursive(
+    _leaves, lambda children: st.lists(children, max_size=4) | st.dictionaries(_keys, children, max_size=4),
+    max_leaves=12,
+)
+
+
+def json_payloads() -> st.SearchStrategy[dict[str, Any]]:
+    """A JSON object with plain-name keys, a few levels deep, holding long and short texts."""
+    return st.dictionaries(_keys, _json_values, min_size=1, max_size=5)
