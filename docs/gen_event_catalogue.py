@@ -174,9 +174,9 @@ def _dead_letter_example(store: TaskStore, clock: _Clock, source: str) -> Exampl
 def _detail_fields(name: str) -> list[str]:
     if name == "DeadLetter":
         model: type[Any] = events.DeadLetter
-        shared: set[str] = set()
+        shared: set[str] = {"truncated"}
     elif name == "TaskTypeChanged":
-        model, shared = events.TaskTypeChanged, {"id", "type", "observed_at"}
+        model, shared = events.TaskTypeChanged, {"id", "type", "observed_at", "truncated"}
     else:
         model, shared = getattr(events, name), set(events.TaskEvent.model_fields)
     return [field.alias or key for key, field in model.model_fields.items() if key not in shared]
@@ -273,6 +273,18 @@ fields: `task_status` 0 待反馈 awaiting feedback, 1 已反馈 feedback given,
 3 需重新反馈 feedback rejected; `status` 0 deleted, 1 normal; `execute_demand` 0 off-site,
 1 on-site required, 2 no requirement; absent values are `null`. Consumers should ignore
 fields they do not know: later releases may add some.
+
+## Size
+
+No message is larger than `KAFKA_MAX_MESSAGE_BYTES` (default 1,000,000, Kafka's default
+`max.message.bytes`), counting key, value, headers and 512 bytes for Kafka's record framing.
+An event that would be larger (a task with very long feedback texts) is still sent, cut to fit:
+the fewest of its longest texts are shortened, each to the same prefix (whole characters,
+never below about 250 bytes), and the payload lists the JSON paths of what was cut in a
+`truncated` array, e.g. `"truncated": ["task.feedback_detail[2].feedback_content"]`. Values nested more than 100
+levels deep (only unknown fields can be) are replaced by a marker string and listed the same
+way; a dead letter whose record is too large even so carries a prefix of the record's JSON
+text as `raw`. `truncated` is absent when nothing was cut. The full text stays in Waiqin365.
 
 ## Ordering
 

@@ -30,6 +30,8 @@ OWN_PREFIXES = ("WAIQIN_", "POLLER_", "LOG_")
 # The smallest KAFKA_MAX_MESSAGE_BYTES accepted: below it even a cut dead letter (CloudEvents
 # headers, window, reason and a prefix of the raw record) might not fit.
 MIN_MESSAGE_BYTES = 4096
+# Kafka's own default max.message.bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 
 
 class _Group(BaseSettings):
@@ -108,8 +110,8 @@ class KafkaSettings(_Group):
     compression_type: Literal["gzip", "none"] = "gzip"
     linger_ms: int = Field(20, ge=0)
     request_timeout_ms: int = Field(30_000, gt=0)
-    # Kafka's own default max.message.bytes; larger events are cut to fit (docs/design.md §4).
-    max_message_bytes: int = Field(1_000_000, ge=MIN_MESSAGE_BYTES)
+    # Larger events are cut to fit (docs/design.md §4).
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=MIN_MESSAGE_BYTES)
 
     @field_validator("security_protocol", mode="before")
     @classmethod

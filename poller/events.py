@@ -5,6 +5,8 @@ Every task event shares an envelope: `id` (= ce_id, deterministic), `type` (the 
 (= ce_sequence, the task's version), `task_type_name` (when known) and `task`, the full
 normalised task after the change. Status events carry the old and new `task_status` as
 "from" and "to" in JSON (`from_status`/`to_status` in Python, where `from` is a keyword).
+No record is larger than its byte budget (KAFKA_MAX_MESSAGE_BYTES): a payload that would be is
+cut to fit and lists what was cut in `truncated` (poller/truncate.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,35 @@ from typing import Annotated, Any, Literal, Protocol
 import orjson
 import xxhash
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import PydanticSerializationError
 
+from poller import truncate
+from poller.config import DEFAULT_MAX_MESSAGE_BYTES
+from poller.errors import NormaliseError
+from poller.metrics import EVENTS_TRUNCATED
 from poller.models import BEIJING, Feedback, OutboundRecord, Receiver, Task, TaskType
 from poller.normalise import fingerprint
 
 SPEC_VERSION = "1.0"  # CloudEvents specification version (ce_specversion)
 CONTENT_TYPE = b"application/json"  # binary content mode: the value is the bare JSON payload
+# What Kafka adds around a record's key, value and header bytes, counted against the budget:
+# the record batch header (61 bytes), the record's attributes, deltas and length varints (at
+# most 36) and two length varints per header (at most 10 each). 512 bounds a record with up to
+# 40 headers, and is more than aiokafka's own estimate (61 + 21 + the varints).
+RECORD_OVERHEAD_BYTES = 512
+
+# The headers that repeat the key.
+_SUBJECT_HEADERS = frozenset({"ce_subject", "ce_partitionkey"})
+
+Truncated = Annotated[tuple[str, ...], Field(
+    exclude_if=lambda paths: not paths,
+    description=(
+        "JSON paths of the values cut so that the message fits KAFKA_MAX_MESSAGE_BYTES, such "
+        "as task.feedback_detail[2].feedback_content: the longest texts, each keeping a "
+        "prefix, and nesting deeper than 100 levels. Absent when nothing was cut."
+    ),
+)]
+"""The `truncated` field of every payload: present only when something was cut."""
 
 
 class _Event(BaseModel):
@@ -51,6 +76,7 @@ class TaskEvent(_Event):
     )
     task_type_name: str | None = Field(default=None, description="The task type's name, if known.")
     task: Task = Field(description="The full normalised task after the change.")
+    truncated: Truncated = ()
 
 
 class TaskCreated(TaskEvent):
@@ -142,6 +168,7 @@ class TaskTypeChanged(_Event):
     observed_at: AwareDatetime
     changes: dict[str, FieldChange]
     task_type: TaskType = Field(description="The full task type after the change.")
+    truncated: Truncated = ()
 
 
 class DeadLetter(_Event):
@@ -153,6 +180,7 @@ class DeadLetter(_Event):
         description="The scan's window: modify_date_from and modify_date_to (yyyy-MM-dd)."
     )
     page: int
+    truncated: Truncated = ()
 
 
 TASK_EVENTS: tuple[type[TaskEvent], ...] = (
@@ -192,13 +220,17 @@ def event_id(subject: str, event_type: str, version: int, content: str) -> str:
     return xxhash.xxh3_128_hexdigest(f"{subject}|{event_type}|{version}|{content}".encode())
 
 
-def encode(event: TaskEvent | TaskTypeChanged, *, source: str) -> OutboundRecord:
+def encode(
+    event: TaskEvent | TaskTypeChanged, *, source: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> OutboundRecord:
     """The Kafka record of an event: key, CloudEvents binary-mode headers, JSON value.
 
     The value is the payload's JSON exactly as the model serialises it (UTF-8, non-ASCII as
-    is, "from"/"to" aliases), written by pydantic-core without a Python dict in between.
+    is, "from"/"to" aliases), written by pydantic-core without a Python dict in between. A
+    record that would exceed `max_bytes` (see `record_size`), or nest deeper than JSON
+    readers allow, is cut to fit by poller/truncate.py and still decodes to the same event
+    type. Raises NormaliseError (kind "too_large", a dead letter) when even that cannot fit.
     """
-    value = event.__pydantic_serializer__.to_json(event, by_alias=True)
     recorded = _rfc3339(event.observed_at)
     if isinstance(event, TaskTypeChanged):
         subject = event.type_id
@@ -211,7 +243,39 @@ def encode(event: TaskEvent | TaskTypeChanged, *, source: str) -> OutboundRecord
         headers = _headers(event.id, source, event.type, subject, happened, recorded,
                            sequence=event.sequence)
         topic = "tasks"
-    return OutboundRecord(topic=topic, key=subject.encode(), value=value, headers=headers)
+    key = subject.encode()
+    value = _fitted_value(event, max_bytes - _framing(key, headers), max_bytes=max_bytes)
+    return OutboundRecord(topic=topic, key=key, value=value, headers=headers)
+
+
+def record_size(record: OutboundRecord) -> int:
+    """What a record counts against KAFKA_MAX_MESSAGE_BYTES: key, value, headers and overhead."""
+    return _framing(record.key or b"", record.headers) + len(record.value)
+
+
+def _framing(key: bytes, headers: Sequence[tuple[str, bytes]]) -> int:
+    return len(key) + sum(len(name.encode()) + len(value) for name, value in headers) \
+        + RECORD_OVERHEAD_BYTES
+
+
+def _fitted_value(event: TaskEvent | TaskTypeChanged, room: int, *, max_bytes: int) -> bytes:
+    try:
+        value: bytes | None = event.__pydantic_serializer__.to_json(event, by_alias=True)
+    except PydanticSerializationError:  # an unknown field nested deeper than pydantic writes
+        value = None
+    if value is not None and len(value) <= room and not truncate.too_deep(value):
+        return value
+    payload = orjson.loads(value) if value is not None else event.model_dump(by_alias=True)
+    try:
+        fitted = truncate.fit(payload, room)
+    except truncate.DoesNotFitError as exc:
+        subject = event.type_id if isinstance(event, TaskTypeChanged) else event.task_id
+        raise NormaliseError(
+            f"{event.type} of {subject} exceeds KAFKA_MAX_MESSAGE_BYTES={max_bytes} even cut: {exc}",
+            task_id=None if isinstance(event, TaskTypeChanged) else subject, kind="too_large",
+        ) from exc
+    EVENTS_TRUNCATED.labels(type=event.type).inc()
+    return fitted.body
 
 
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
@@ -232,19 +296,30 @@ def dead_letter(
     page: int,
     source: str,
     observed_at: datetime,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> OutboundRecord:
     """The dead-letter record of an unreadable record; ce_id derives from its fingerprint,
-    so the same bad record always gets the same id."""
+    so the same bad record always gets the same id.
+
+    Within `max_bytes` like every record: long texts are cut first, nesting too deep for JSON
+    is replaced, and as a last resort `raw` becomes a prefix of its JSON text (all listed in
+    `truncated`). Anything that is not JSON-shaped is written as its repr. Raises
+    DoesNotFitError only for a budget below config.MIN_MESSAGE_BYTES.
+    """
     value = {"reason": reason, "raw": raw, "window": window, "page": page}
-    try:
-        body = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # not JSON-shaped (cannot come from the API): keep a readable trace
-        body = orjson.dumps({**value, "raw": repr(raw)})
     when = observed_at.astimezone(BEIJING).isoformat()
     subject = task_id or ""
     headers = _headers(event_id(subject, "DeadLetter", 0, fingerprint(raw)), source, "DeadLetter",
                        subject, when, when, sequence=None)
-    return OutboundRecord(topic="dead-letter", key=subject.encode(), value=body, headers=headers)
+    key = subject.encode()
+    if _framing(key, headers) > max_bytes // 2:
+        # A task_id that long is no real one: keying by it would leave no room for the record.
+        key = b""
+        headers = tuple((name, b"" if name in _SUBJECT_HEADERS else data) for name, data in headers)
+    fitted = truncate.fit(value, max_bytes - _framing(key, headers), collapsible=("raw",))
+    if fitted.truncated:
+        EVENTS_TRUNCATED.labels(type="DeadLetter").inc()
+    return OutboundRecord(topic="dead-letter", key=key, value=fitted.body, headers=headers)
 
 
 def decode(message: KafkaMessage) -> Event | DeadLetter:

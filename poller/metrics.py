@@ -32,6 +32,11 @@ TASKS_CHANGED = Counter("waiqin_poller_tasks_changed_total", "Tasks whose observ
 EVENTS_PUBLISHED = Counter(
     "waiqin_poller_events_published_total", "Events acknowledged by Kafka, by type.", ["type"],
 )
+EVENTS_TRUNCATED = Counter(
+    "waiqin_poller_events_truncated_total",
+    "Records cut to fit KAFKA_MAX_MESSAGE_BYTES (texts shortened, deep nesting replaced), by type.",
+    ["type"],
+)
 DEAD_LETTERS = Counter(
     "waiqin_poller_dead_letters_total", "Records sent to the dead-letter topic, by reason.", ["reason"],
 )

@@ -6,13 +6,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller import diff, events, normalise
-from poller.models import OutboundRecord, Snapshot
+from poller.errors import NormaliseError
+from poller.metrics import EVENTS_TRUNCATED
+from poller.models import OutboundRecord, Snapshot, Task
+from poller.truncate import DEEP_MARKER, MAX_DEPTH
 from tests.strategies import mutation_steps, raw_tasks
 from tests.test_normalise import VENDOR_RECORD
+from tests.test_truncate import nested, resolve
 
 OBSERVED_AT = datetime(2020, 12, 9, 7, 5, 30, tzinfo=UTC)
 SOURCE = "urn:waiqin365:openid:demo"
@@ -20,6 +26,43 @@ SOURCE = "urn:waiqin365:openid:demo"
 
 def created_events(raw: dict[str, Any] = VENDOR_RECORD) -> list[events.TaskEvent]:
     return diff.observe(None, normalise.task(raw), observed_at=OBSERVED_AT, type_name="巡检").events
+
+
+def long_feedback_task(entries: int = 3, chars: int = 150_000) -> dict[str, Any]:
+    """The vendor record with a few very long feedback texts (450 kB of Chinese each)."""
+    feedback = [{"feedback_content": f"第{n + 1}次反馈：" + "门店陈列检查记录" * (chars // 8),
+                 "feedback_visit_id": str(6881395042783735132 + n),
+                 "feedback_time": f"2023-04-28 11:2{n}"} for n in range(entries)]
+    return {**VENDOR_RECORD, "feedback_detail": feedback,
+            "latest_feedback_content": feedback[-1]["feedback_content"]}
+
+
+def assert_cut_from(decoded: Any, original: Any, paths: tuple[str, ...]) -> None:
+    """`decoded` equals `original` except at `paths`, where it holds a shorter prefix."""
+    got, want = decoded.model_dump(by_alias=True), original.model_dump(by_alias=True)
+    assert tuple(got.pop("truncated", ())) == paths
+    assert "truncated" not in want
+    for path in paths:
+        cut, whole = resolve(got, path), resolve(want, path)
+        if cut == DEEP_MARKER:
+            assert isinstance(whole, dict | list)
+        else:
+            assert whole.startswith(cut) and len(cut) < len(whole)
+        _set(got, path, whole)
+    assert got == want
+
+
+def _set(document: Any, path: str, value: Any) -> None:
+    head, _, last = path.rpartition(".")
+    if last.endswith("]"):
+        head, _, index = path.rpartition("[")
+        resolve(document, head)[int(index[:-1])] = value
+    else:
+        resolve(document, head)[last] = value
+
+
+def counter(metric: Any, **labels: str) -> float:
+    return float(metric.labels(**labels)._value.get())
 
 
 class TestEncode:
@@ -81,6 +124,96 @@ class TestEncode:
         assert events.decode(record) == event
 
 
+class TestSize:
+    def test_small_payload_has_no_truncated_field(self) -> None:
+        """An event within budget is written as before: no `truncated` key at all."""
+        for event in created_events():
+            record = events.encode(event, source=SOURCE)
+            assert b"truncated" not in record.value
+            assert record.value == event.__pydantic_serializer__.to_json(event, by_alias=True)
+
+    def test_long_feedback_is_cut_to_fit(self) -> None:
+        """A task with 1.8 MB of feedback gives records within 1,000,000 bytes, cut and listed."""
+        before = counter(EVENTS_TRUNCATED, type="FeedbackAdded")
+        created = created_events(long_feedback_task())
+        assert [e.type for e in created] == ["TaskCreated", "FeedbackAdded", "FeedbackAdded",
+                                             "FeedbackAdded", "TaskFeedbackSubmitted"]
+        for event in created:
+            assert len(event.__pydantic_serializer__.to_json(event)) > 1_000_000
+            record = events.encode(event, source=SOURCE)
+            assert 990_000 < events.record_size(record) <= 1_000_000
+            decoded = events.decode(record)
+            assert type(decoded) is type(event) and decoded.truncated
+            assert_cut_from(decoded, event, decoded.truncated)
+        assert counter(EVENTS_TRUNCATED, type="FeedbackAdded") == before + 3
+        # Equally long texts are cut in document order: the task's copies before the entry itself.
+        feedback = next(e for e in created if isinstance(e, events.FeedbackAdded))
+        cut = events.decode(events.encode(feedback, source=SOURCE))
+        assert isinstance(cut, events.FeedbackAdded) and cut.feedback == feedback.feedback
+        assert cut.truncated == ("task.latest_feedback_content", "task.feedback_detail[0].feedback_content",
+                                 "task.feedback_detail[1].feedback_content")
+
+    @pytest.mark.parametrize("budget", [20_000, 100_000, 400_000, 2_000_000])
+    def test_any_budget_is_kept(self, budget: int) -> None:
+        """Every record respects its budget and still decodes to its own event type."""
+        for event in created_events(long_feedback_task(chars=40_000)):
+            record = events.encode(event, source=SOURCE, max_bytes=budget)
+            assert events.record_size(record) <= budget
+            assert type(events.decode(record)) is type(event)
+
+    def test_size_covers_kafkas_own_estimate(self) -> None:
+        """record_size is never below aiokafka's estimate, so the producer's check never refuses."""
+        for event in created_events(long_feedback_task(chars=20_000)):
+            record = events.encode(event, source=SOURCE, max_bytes=50_000)
+            estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                record.key, record.value, list(record.headers))
+            assert estimate <= events.record_size(record) <= 50_000
+
+    def test_structure_too_large_is_a_dead_letter(self) -> None:
+        """An event too large even with every text cut raises NormaliseError (too_large)."""
+        receivers = [{"id": str(10**15 + n), "name": "张伟"} for n in range(500)]
+        [event, *_] = created_events({**VENDOR_RECORD, "receivers": receivers})
+        with pytest.raises(NormaliseError, match="KAFKA_MAX_MESSAGE_BYTES=8192") as caught:
+            events.encode(event, source=SOURCE, max_bytes=8192)
+        assert caught.value.kind == "too_large" and caught.value.task_id == "10001"
+
+    def test_deep_unknown_field_is_cut(self) -> None:
+        """An unknown field nested 600 levels deep is replaced by a marker the consumer can read."""
+        [event, *_] = created_events()
+        deep = event.model_copy(update={"task": Task(**{**event.task.model_dump(), "x_deep": nested(600)})})
+        record = events.encode(deep, source=SOURCE)
+        decoded = events.decode(record)
+        [path] = decoded.truncated
+        assert path == "task.x_deep" + ".a" * (MAX_DEPTH - 2)  # the container at level MAX_DEPTH + 1
+        assert_cut_from(decoded, deep, decoded.truncated)
+
+    def test_task_type_event_is_cut(self) -> None:
+        """A TaskTypeChanged with a huge type name is cut like a task event."""
+        name = "巡检" * 300_000
+        before = normalise.task_type({"type_id": "10001", "type_name": "巡检"})
+        after = normalise.task_type({"type_id": "10001", "type_name": name})
+        [event] = diff.observe_type(before, after, observed_at=OBSERVED_AT)
+        record = events.encode(event, source=SOURCE)
+        decoded = events.decode(record)
+        assert events.record_size(record) <= 1_000_000
+        assert decoded.truncated == ("changes.type_name.after", "task_type.type_name")
+
+    @settings(deadline=None, max_examples=50)
+    @given(raw_tasks(), st.integers(min_value=0, max_value=30_000), st.integers(min_value=4096, max_value=60_000))
+    def test_property_within_budget_or_dead_letter(self, raw: dict[str, Any], chars: int, budget: int) -> None:
+        """Whatever the texts and the budget, a record fits and decodes, or the event is refused."""
+        raw = {**raw, "task_content": "任务" * chars, "achievement": "a\n" * chars}
+        for event in created_events(raw):
+            try:
+                record = events.encode(event, source=SOURCE, max_bytes=budget)
+            except NormaliseError as exc:
+                assert exc.kind == "too_large"
+                continue
+            assert events.record_size(record) <= budget
+            decoded = events.decode(record)
+            assert_cut_from(decoded, event, decoded.truncated)
+
+
 class TestDeadLetter:
     def record(self, raw: object, task_id: str | None = "10001") -> OutboundRecord:
         return events.dead_letter(
@@ -109,6 +242,43 @@ class TestDeadLetter:
         record = self.record(["not", "an", "object"], task_id=None)
         assert record.key == b""
         assert orjson.loads(record.value)["raw"] == ["not", "an", "object"]
+
+    def test_long_text_in_raw_is_cut(self) -> None:
+        """A dead letter of a record with a huge text is cut to fit and lists the path."""
+        raw = {"task_id": "10001", "receivers": "lm", "task_content": "任务内容" * 200_000}
+        record = self.record(raw)
+        decoded = events.decode(record)
+        assert isinstance(decoded, events.DeadLetter)
+        assert events.record_size(record) <= 1_000_000
+        assert decoded.truncated == ("raw.task_content",)
+        assert raw["task_content"].startswith(decoded.raw["task_content"])
+
+    def test_deep_raw_stays_encodable(self) -> None:
+        """A record nested 600 levels deep is dead-lettered with the deep part replaced."""
+        raw = {"task_id": "10001", "x": nested(600)}
+        decoded = events.decode(self.record(raw))
+        assert isinstance(decoded, events.DeadLetter)
+        [path] = decoded.truncated
+        assert resolve({"raw": decoded.raw}, path) == DEEP_MARKER
+        assert decoded.raw["task_id"] == "10001"
+
+    def test_huge_structure_becomes_text(self) -> None:
+        """A record too large even with its texts cut travels as a prefix of its JSON text."""
+        raw = {"task_id": "10001", "receivers": [{"id": str(n), "name": "张伟"} for n in range(100_000)]}
+        record = self.record(raw)
+        decoded = events.decode(record)
+        assert isinstance(decoded, events.DeadLetter) and decoded.truncated == ("raw",)
+        assert events.record_size(record) <= 1_000_000
+        assert isinstance(decoded.raw, str) and orjson.dumps(raw).decode().startswith(decoded.raw)
+
+    def test_absurd_task_id_is_not_the_key(self) -> None:
+        """A task_id too long to key by leaves the key and subject empty; the record still fits."""
+        task_id = "9" * 3000
+        record = events.dead_letter(
+            {"task_id": task_id}, reason="bad", task_id=task_id, window={}, page=1, source=SOURCE,
+            observed_at=OBSERVED_AT, max_bytes=8192)
+        assert record.key == b"" and dict(record.headers)["ce_subject"] == b""
+        assert events.record_size(record) <= 8192
 
     def test_id_deterministic(self) -> None:
         """The same bad record always gets the same ce_id; another one a different id."""

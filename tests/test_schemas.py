@@ -43,6 +43,16 @@ def sample_records() -> list[OutboundRecord]:
         {"task_id": "1", "receivers": "x"}, reason="bad", task_id="1",
         window={"modify_date_from": "2020-12-09", "modify_date_to": None}, page=1,
         source="test", observed_at=OBSERVED_AT))
+    # Cut to fit: `truncated` is part of the contract too, and a collapsed raw is a string.
+    long_text = "门店陈列检查记录" * 20_000
+    [cut_event, *_] = diff.observe(None, normalise.task({**VENDOR_RECORD, "task_content": long_text}),
+                                   observed_at=OBSERVED_AT).events
+    records.append(events.encode(cut_event, source="test", max_bytes=20_000))
+    records.append(events.dead_letter(
+        {"task_id": "1", "receivers": [{"id": str(n)} for n in range(5000)]}, reason="bad",
+        task_id="1", window={"modify_date_from": None, "modify_date_to": None}, page=1,
+        source="test", observed_at=OBSERVED_AT, max_bytes=20_000))
+    assert all(b'"truncated"' in record.value for record in records[-2:])
     return records
 
 
