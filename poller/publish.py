@@ -54,7 +54,8 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What the adapter catches; everything here is mapped by `map_error`.
 CAUGHT_ERRORS: tuple[type[BaseException], ...] = (kafka_errors.KafkaError, *UNAVAILABLE_ERRORS)
-# Per-partition batch size; stays below the broker's default message.max.bytes (1 MiB).
+# Per-partition batch size; stays below the broker's default message.max.bytes (1 MiB), and
+# never above KAFKA_MAX_MESSAGE_BYTES, which a broker may also enforce on a whole batch.
 MAX_BATCH_BYTES = 512 * 1024
 # CreateTopics answers a topic created concurrently (another replica, auto-create) with this.
 TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
@@ -263,7 +264,10 @@ class KafkaPublisher:
             "linger_ms": kafka.linger_ms,
             # aiokafka's 16 KiB default holds about ten of our events (each carries the full
             # task); bigger batches mean fewer requests and better compression.
-            "max_batch_size": MAX_BATCH_BYTES,
+            "max_batch_size": min(MAX_BATCH_BYTES, kafka.max_message_bytes),
+            # The records are cut to this budget (events.encode), and aiokafka's own estimate of
+            # a record's size stays below ours: a record we made is never refused here.
+            "max_request_size": kafka.max_message_bytes,
         }
 
 

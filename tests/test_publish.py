@@ -10,6 +10,7 @@ import aiokafka.errors as kafka_errors
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from poller import events
 from poller.config import KafkaSettings
 from poller.errors import PublishRejected, PublishUnavailable
 from poller.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
@@ -22,6 +23,7 @@ from tests.fixtures.broker import (
     kafka_settings,
     topic_settings,
 )
+from tests.test_events import created_events, long_feedback_task
 
 
 def record(n: int, *, topic: str = "tasks", ce_type: str = "TaskCreated") -> OutboundRecord:
@@ -159,6 +161,47 @@ class TestKafkaPublisher:
     async def test_empty_publish_is_a_no_op(self, running_kafka_broker: TansuBroker) -> None:
         """Publishing nothing returns at once, even before start."""
         await fresh_publisher(running_kafka_broker).publish([])
+
+
+class TestRecordSize:
+    @pytest.mark.parametrize("compression", ["gzip", "none"])
+    async def test_long_feedback_arrives_cut(self, running_kafka_broker: TansuBroker,
+                                             compression: str) -> None:
+        """A task with 1.8 MB of feedback texts reaches the topic cut, `truncated` naming the paths.
+
+        Before the cut, the producer refused such a record with MessageSizeTooLargeError and
+        the page could never be published.
+        """
+        topics = topic_settings()
+        created = created_events(long_feedback_task())
+        records = [events.encode(event, source="test") for event in created]
+        settings = kafka_settings(running_kafka_broker, compression_type=compression)
+        async with KafkaPublisher(settings, topics) as publisher:
+            await publisher.publish(records)
+        got = await consume(running_kafka_broker.bootstrap, topics.tasks, min_records=len(records),
+                            timeout_s=30)
+        decoded = [events.decode(r) for r in got]
+        assert [type(d) for d in decoded] == [type(e) for e in created]
+        assert decoded[0].truncated == ("task.latest_feedback_content",
+                                        "task.feedback_detail[0].feedback_content")
+        for message, event in zip(decoded, created, strict=True):
+            assert message.truncated and message.id == event.id
+            assert len(message.task.feedback_detail) == 3
+        assert max(events.record_size(r) for r in records) <= 1_000_000
+
+    async def test_producer_limit_is_the_budget(self, running_kafka_broker: TansuBroker) -> None:
+        """With KAFKA_MAX_MESSAGE_BYTES=65536, records cut to it are sent; a larger one is refused."""
+        topics = topic_settings()
+        settings = kafka_settings(running_kafka_broker, max_message_bytes=65536)
+        created = created_events(long_feedback_task(chars=20_000))
+        records = [events.encode(event, source="test", max_bytes=65536) for event in created]
+        assert all(60_000 < events.record_size(r) <= 65536 for r in records)
+        async with KafkaPublisher(settings, topics) as publisher:
+            await publisher.publish(records)
+            with pytest.raises(PublishRejected, match="MessageSizeTooLargeError"):
+                await publisher.publish([OutboundRecord("tasks", b"k", b"x" * 70_000)])
+        got = await consume(running_kafka_broker.bootstrap, topics.tasks, min_records=len(records))
+        assert [r.value for r in got] == [r.value for r in records]
 
 
 class TestFailures:
