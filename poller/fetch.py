@@ -234,7 +234,9 @@ class WaiqinClient:
                 self._settings.base_url + path, data=body,
                 headers={"Content-Type": JSON_CONTENT_TYPE},
             ) as response:
-                raw = await response.read()
+                # Only a 200 has a body worth reading; leaving the block unread closes the connection.
+                raw = await _read_body(endpoint, response, self._settings.max_response_bytes) \
+                    if response.status == 200 else b""
                 result = _decode(endpoint, response.status, response.headers, raw)
             outcome = "ok"
             return result
@@ -264,6 +266,33 @@ class WaiqinClient:
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+async def _read_body(endpoint: str, response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of `response`, refusing one larger than `limit` bytes before reading it all.
+
+    Content-Length settles it up front; a body without one (chunked) or one that decompresses
+    past it is cut off while reading. Leaving the response unread closes its connection, so
+    the rest never reaches memory. Raises SourceResponseError naming the limit and its setting.
+    """
+    announced = response.content_length
+    if announced is not None and announced > limit:
+        raise _too_large(endpoint, limit, f"Content-Length is {announced} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(endpoint, limit, f"more than {limit} bytes arrived")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(endpoint: str, limit: int, detail: str) -> SourceResponseError:
+    return SourceResponseError(
+        f"{endpoint} response exceeds WAIQIN_MAX_RESPONSE_BYTES={limit} ({detail}); it was not "
+        "read on. Raise WAIQIN_MAX_RESPONSE_BYTES or lower WAIQIN_PAGE_ROWS", endpoint=endpoint,
+        status=200)
 
 
 def _task_ids(records: list[Any]) -> list[Any]:

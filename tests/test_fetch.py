@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
@@ -168,6 +171,77 @@ class TestResponseData:
             records = await client.query_task_types(["10001", "10002", "99999"])
         assert sorted(r["type_id"] for r in records) == ["10001", "10002"]
         assert all(r["type_name"] for r in records)
+
+
+PADDING = b" " * 65536  # JSON allows whitespace after the envelope: the body stays valid
+
+
+@asynccontextmanager
+async def streamed(sim: Simulator, padding_chunks: int, written: list[int]) -> AsyncIterator[str]:
+    """The simulator's API behind a proxy layer that streams each answer without Content-Length.
+
+    The answer is followed by `padding_chunks` chunks of whitespace; `written` receives how many
+    bytes the server managed to send before the client hung up (or all of them).
+    """
+    @web.middleware
+    async def stream(request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        answer = await handler(request)
+        assert isinstance(answer, web.Response) and isinstance(answer.body, bytes)
+        response = web.StreamResponse(status=answer.status,
+                                      headers={"Content-Type": "application/json;charset=utf-8"})
+        await response.prepare(request)  # no Content-Length: chunked transfer encoding
+        sent = 0
+        try:
+            for chunk in [answer.body, *[PADDING] * padding_chunks]:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client stopped reading, as it should
+        written.append(sent)
+        return response
+
+    app = sim.app()
+    app.middlewares.append(stream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+class TestResponseSize:
+    async def test_content_length_over_the_limit(self, simulator: Simulator) -> None:
+        """A response announcing more than WAIQIN_MAX_RESPONSE_BYTES fails at once, unretried."""
+        settings = settings_for(simulator, max_response_bytes=2000)
+        with pytest.raises(SourceResponseError,
+                           match=r"WAIQIN_MAX_RESPONSE_BYTES=2000 \(Content-Length is \d+ bytes\)"):
+            await scan(settings)
+        assert simulator.requests[QUERY_TASK] == 1
+
+    async def test_endless_body_is_cut_off(self, simulator: Simulator) -> None:
+        """A chunked body that never ends fails once the limit is passed, without reading on."""
+        written: list[int] = []
+        total = 1000 * len(PADDING)  # 65 MB the server would send
+        async with streamed(simulator, 1000, written) as base_url:
+            settings = settings_for(simulator, base_url=base_url, max_response_bytes=200_000)
+            started = time.monotonic()
+            with pytest.raises(SourceResponseError, match="more than 200000 bytes arrived"):
+                await scan(settings)
+            assert time.monotonic() - started < 3.0
+        assert written and written[0] < total / 4  # the client hung up long before the end
+
+    async def test_streamed_body_within_the_limit(self, simulator: Simulator) -> None:
+        """A chunked body below the limit is read whole, padding and all."""
+        written: list[int] = []
+        async with streamed(simulator, 4, written) as base_url:
+            settings = settings_for(simulator, base_url=base_url, max_response_bytes=1_000_000)
+            pages = await scan(settings)
+        assert sorted(ids(pages)) == sorted(simulator.store.tasks)
 
 
 class TestRetries:
