@@ -21,6 +21,8 @@ DEEP_MARKER = f"<cut: nested deeper than {MAX_DEPTH} levels>"
 MIN_TEXT_BYTES = 256
 # `,"truncated":[]`: what listing the first path costs besides the path itself.
 _LIST_OVERHEAD = len(b',"":[]') + len(TRUNCATED)
+# The integers orjson writes.
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 
 
 class DoesNotFitError(ValueError):
@@ -56,7 +58,7 @@ def fit(payload: Mapping[str, Any], max_bytes: int, *, collapsible: Collection[s
     """
     try:
         body = dumps(payload)
-    except TypeError:  # orjson.JSONEncodeError: nested too deep for orjson itself
+    except TypeError:  # orjson.JSONEncodeError: nested too deep for orjson, or a 65-bit integer
         body = None
     if body is not None and len(body) <= max_bytes and not too_deep(body):
         return Fitted(body, ())
@@ -130,13 +132,17 @@ class _Document:
         elif isinstance(value, dict):
             copy: dict[Any, Any] = {}
             for key, child in value.items():
-                self._put(copy, key, child, depth + 1, _key_path(path, key))
+                # A key orjson cannot write (cannot come from JSON) is made readable.
+                name = key if isinstance(key, str | int | float | bool | None) else repr(key)
+                self._put(copy, name, child, depth + 1, _key_path(path, name))
             value = copy
         elif isinstance(value, list | tuple):
             items: list[Any] = [None] * len(value)
             for index, child in enumerate(value):
                 self._put(items, index, child, depth + 1, f"{path}[{index}]")
             value = items
+        elif isinstance(value, int) and not _INT_MIN <= value <= _UINT_MAX:
+            value = str(value)  # beyond what orjson writes; cannot come from orjson.loads either
         elif isinstance(value, str) and len(value) * 6 + 2 > MIN_TEXT_BYTES:
             cost = len(orjson.dumps(value))
             if cost > MIN_TEXT_BYTES:

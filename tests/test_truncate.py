@@ -150,6 +150,12 @@ class TestFit:
         assert fitted.truncated == ("raw.task_content",)
         assert orjson.loads(fitted.body)["raw"]["task_id"] == "1"
 
+    def test_anything_not_json_is_written_readably(self) -> None:
+        """Values orjson cannot write (a set, a huge integer, a tuple key) become text, never an error."""
+        payload = {"raw": {"ids": {7}, (1, 2): "pair", "n": 2**70}, "text": long_text(5000)}
+        result = orjson.loads(fit(payload, 2000).body)
+        assert result["raw"] == {"ids": "{7}", "(1, 2)": "pair", "n": str(2**70)}
+
     def test_earlier_list_is_kept(self) -> None:
         """A payload that already lists cut paths keeps them and adds its own."""
         payload = {"text": long_text(10_000), TRUNCATED: ["task.achievement"]}
