@@ -18,7 +18,7 @@ from poller.models import OutboundRecord, Snapshot, Task
 from poller.truncate import DEEP_MARKER, MAX_DEPTH
 from tests.strategies import mutation_steps, raw_tasks
 from tests.test_normalise import VENDOR_RECORD
-from tests.test_truncate import nested, resolve
+from tests.test_truncate import nested, replace_at, resolve
 
 OBSERVED_AT = datetime(2020, 12, 9, 7, 5, 30, tzinfo=UTC)
 SOURCE = "urn:waiqin365:openid:demo"
@@ -48,17 +48,8 @@ def assert_cut_from(decoded: Any, original: Any, paths: tuple[str, ...]) -> None
             assert isinstance(whole, dict | list)
         else:
             assert whole.startswith(cut) and len(cut) < len(whole)
-        _set(got, path, whole)
+        replace_at(got, path, whole)
     assert got == want
-
-
-def _set(document: Any, path: str, value: Any) -> None:
-    head, _, last = path.rpartition(".")
-    if last.endswith("]"):
-        head, _, index = path.rpartition("[")
-        resolve(document, head)[int(index[:-1])] = value
-    else:
-        resolve(document, head)[last] = value
 
 
 def counter(metric: Any, **labels: str) -> float:

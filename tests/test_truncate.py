@@ -230,7 +230,7 @@ class TestProperties:
             original, cut = resolve(payload, path), resolve(result, path)
             assert isinstance(cut, str) and original.startswith(cut) and cut != original
             assert cost(cut) > MIN_TEXT_BYTES - 6  # a readable prefix, up to one escaped character
-            _replace(restored, path, original)
+            replace_at(restored, path, original)
         assert restored == payload
 
     @settings(deadline=None, max_examples=100)
@@ -243,7 +243,8 @@ class TestProperties:
         assert fitted.body == body and fitted.truncated == ()
 
 
-def _replace(document: Any, path: str, value: Any) -> None:
+def replace_at(document: Any, path: str, value: Any) -> None:
+    """Put `value` at a JSON path as truncate writes it."""
     parent_path, _, last = path.rpartition(".")
     index = re.search(r'\[(\d+|"(?:[^"\\]|\\.)*")\]$', path)
     if index:
