@@ -250,7 +250,7 @@ def encode(
 
 def record_size(record: OutboundRecord) -> int:
     """What a record counts against KAFKA_MAX_MESSAGE_BYTES: key, value, headers and overhead."""
-    return _framing(record.key or b"", record.headers) + len(record.value)
+    return _framing(record.key or b"", record.headers) + len(record.value or b"")
 
 
 def _framing(key: bytes, headers: Sequence[tuple[str, bytes]]) -> int:

@@ -183,7 +183,7 @@ class TestSize:
         name = "巡检" * 300_000
         before = normalise.task_type({"type_id": "10001", "type_name": "巡检"})
         after = normalise.task_type({"type_id": "10001", "type_name": name})
-        [event] = diff.observe_type(before, after, observed_at=OBSERVED_AT)
+        [event], _ = diff.observe_type(before, after, observed_at=OBSERVED_AT)
         record = events.encode(event, source=SOURCE)
         decoded = events.decode(record)
         assert events.record_size(record) <= 1_000_000
