@@ -65,7 +65,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
     publisher = KafkaPublisher(settings.kafka, settings.topics)
     client = WaiqinClient(settings.waiqin)
     poller = Poller(poll, client=client, store=store, publisher=publisher, health=health,
-                    source=event_source(settings))
+                    source=event_source(settings), max_message_bytes=settings.kafka.max_message_bytes)
     async with AsyncExitStack() as stack:
         server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping])
         await server.start()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import structlog
 
 from poller import metrics, plan, window
-from poller.config import PollSettings
+from poller.config import DEFAULT_MAX_MESSAGE_BYTES, PollSettings
 from poller.errors import LeadershipLost, PollerError
 from poller.fetch import Page
 from poller.http import HealthState
@@ -91,8 +91,10 @@ class Poller:
 
     def __init__(self, settings: PollSettings, *, client: TaskSource, store: SnapshotStore,
                  publisher: Publisher, health: HealthState, source: str,
-                 clock: Callable[[], datetime] = beijing_now) -> None:
+                 clock: Callable[[], datetime] = beijing_now,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._settings = settings
+        self._max_message_bytes = max_message_bytes
         self._client = client
         self._store = store
         self._health = health
@@ -103,7 +105,7 @@ class Poller:
         self._cycle_number = 0
         self._outbox = Outbox(store, publisher)
         self.types = TaskTypeCatalog(client, store, self._outbox, refresh_s=settings.type_refresh_s,
-                                     source=source, clock=clock)
+                                     source=source, clock=clock, max_message_bytes=max_message_bytes)
         metrics.SECONDS_BEHIND.set_function(self._seconds_behind)
 
     def stop(self) -> None:
@@ -264,6 +266,7 @@ class Poller:
             async for page in pages:
                 self._health.beat()
                 context = plan.PageContext(self._source, page.window, page.number,
+                                           max_message_bytes=self._max_message_bytes,
                                            silent_new=silent_new, previous_scan=previous_scan)
                 structlog.contextvars.bind_contextvars(page=page.number, **page.window.describe())
                 try:

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from poller import diff, events, normalise
+from poller.config import DEFAULT_MAX_MESSAGE_BYTES
 from poller.errors import NormaliseError
 from poller.models import (
     Commit,
@@ -116,6 +117,7 @@ class PageContext:
     source: str
     window: Window
     page: int
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # no record is larger (KAFKA_MAX_MESSAGE_BYTES)
     silent_new: bool = False  # baseline: record unseen tasks without events
     previous_scan: datetime | None = None  # start of the last complete scan, to spot healed skips
 
@@ -243,7 +245,8 @@ def _observe_task(seen: Seen, before: Snapshot | None, known: Known, ctx: PageCo
     snapshot = observation.snapshot(task, seen.received)
     # Only tasks whose hash differs are observed here, so there is always something to store.
     assert snapshot is not None, "a differing task always has a snapshot to store"
-    return snapshot, [events.encode(event, source=ctx.source) for event in observation.events]
+    return snapshot, [events.encode(event, source=ctx.source, max_bytes=ctx.max_message_bytes)
+                      for event in observation.events]
 
 
 def _reject(raw: Any, task_id: str | None, exc: Exception) -> Reject:
@@ -275,7 +278,8 @@ def _dead_letters(rejects: Sequence[Reject], dead_lettered: AbstractSet[str], ct
         marks.append(DeadLetterMark(fingerprint=reject.fingerprint, task_id=error.task_id))
         records.append(events.dead_letter(
             reject.raw, reason=error.reason, task_id=error.task_id,
-            window=ctx.window.describe(), page=ctx.page, source=ctx.source, observed_at=now))
+            window=ctx.window.describe(), page=ctx.page, source=ctx.source, observed_at=now,
+            max_bytes=ctx.max_message_bytes))
     return marks, records, kinds
 
 

@@ -10,6 +10,7 @@ import orjson
 import structlog
 
 from poller import diff, events, metrics, normalise
+from poller.config import DEFAULT_MAX_MESSAGE_BYTES
 from poller.errors import AUTH_CAUSES, NormaliseError, SourceAuthError, SourceError
 from poller.models import Commit, OutboundRecord, TypeSnapshot
 from poller.outbox import Outbox
@@ -37,13 +38,15 @@ class TaskTypeCatalog:
     """
 
     def __init__(self, client: TypeSource, store: SnapshotStore, outbox: Outbox, *,
-                 refresh_s: float, source: str, clock: Callable[[], datetime]) -> None:
+                 refresh_s: float, source: str, clock: Callable[[], datetime],
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._client = client
         self._store = store
         self._outbox = outbox
         self._refresh = timedelta(seconds=refresh_s)
         self._source = source
         self._clock = clock
+        self._max_message_bytes = max_message_bytes
         self._known: dict[str, TypeSnapshot] = {}
         self._names: dict[str, str | None] = {}
         self._missing: set[str] = set()  # ids the API did not return; asked again on refresh
@@ -82,7 +85,8 @@ class TaskTypeCatalog:
                                                 observed_at=observed_at)
             if stored is not None:
                 changes.append(stored)
-            records.extend(events.encode(event, source=self._source) for event in changed)
+            records.extend(events.encode(event, source=self._source, max_bytes=self._max_message_bytes)
+                           for event in changed)
         await self._commit(changes, records, lease)
         return len(records)
 

@@ -58,10 +58,12 @@ class Clock:
 class Rig:
     """A Poller wired to a simulator, a memory store and a memory publisher."""
 
-    def __init__(self, sim: Simulator, client: WaiqinClient, settings: PollSettings) -> None:
+    def __init__(self, sim: Simulator, client: WaiqinClient, settings: PollSettings,
+                 max_message_bytes: int = 1_000_000) -> None:
         self.sim = sim
         self.client = client
         self.settings = settings
+        self.max_message_bytes = max_message_bytes
         self.clock = Clock()
         self.store = MemoryStore()
         self.publisher = MemoryPublisher()
@@ -71,7 +73,8 @@ class Rig:
     def new_poller(self) -> Poller:
         """Another poller on the same store and broker, as after a restart or a failover."""
         return Poller(self.settings, client=self.client, store=self.store,
-                      publisher=self.publisher, health=self.health, source=SOURCE, clock=self.clock)
+                      publisher=self.publisher, health=self.health, source=SOURCE, clock=self.clock,
+                      max_message_bytes=self.max_message_bytes)
 
     async def cycle(self, poller: Poller | None = None) -> ScanStats:
         """One cycle as the leader (the loop normally acquires leadership first)."""
@@ -119,12 +122,12 @@ async def make_rig(make_simulator: Callable[..., Any]) -> AsyncIterator[Callable
     clients: list[WaiqinClient] = []
 
     async def make(*, rows: int = 10, tasks: int = 40, sim_kwargs: dict[str, Any] | None = None,
-                   **settings: Any) -> Rig:
+                   max_message_bytes: int = 1_000_000, **settings: Any) -> Rig:
         sim = await make_simulator(tasks=tasks, days=3, seed=3, **(sim_kwargs or {}))
         client = WaiqinClient(settings_for(sim, page_rows=rows), backoff_base_s=0.01)
         await client.start()
         clients.append(client)
-        rig = Rig(sim, client, poll_settings(**settings))
+        rig = Rig(sim, client, poll_settings(**settings), max_message_bytes)
         await rig.store.start()
         await rig.publisher.start()
         return rig
@@ -328,6 +331,22 @@ class TestNoRecordStopsTheStream:
         assert rig.types("dead-letter") == ["DeadLetter"]
         assert "FeedbackAdded" in [dict(r.headers)["ce_type"].decode() for r in rig.records_of(good)]
         assert (await rig.store.load_state()).window_from is not None
+
+
+    async def test_an_event_too_large_is_cut_to_fit(self, make_rig: Callable[..., Any]) -> None:
+        """With KAFKA_MAX_MESSAGE_BYTES at 8 KiB, a long feedback text arrives cut to fit, its path
+        listed in `truncated`, instead of stopping the stream."""
+        rig = await make_rig(max_message_bytes=8192)
+        await rig.cycle()
+        task_id = rig.fresh(1)[0]
+        rig.sim.store.add_feedback(task_id, content="门店陈列需要整改。" * 1000)
+        await rig.cycle()
+        records = rig.records_of(task_id)
+        assert [dict(r.headers)["ce_type"] for r in records] == [b"FeedbackAdded", b"TaskFeedbackSubmitted"]
+        for record in records:
+            assert record.value is not None and len(record.value) < 8192
+            assert "feedback.feedback_content" in orjson.loads(record.value)["truncated"] or \
+                "task.feedback_detail[0].feedback_content" in orjson.loads(record.value)["truncated"]
 
 
 class TestBackoff:
