@@ -10,10 +10,11 @@
     ├── PublishError
     │   ├── PublishUnavailable   retriable
     │   └── PublishRejected      fatal       too large, unauthorised topic
-    └── StoreError
-        ├── StoreUnavailable     retriable
-        └── StoreConflict        fatal       unreadable state, a schema newer than this release
-            └── LeadershipLost   fatal       the HA lock is gone: stop, back off, acquire again
+    ├── StoreError
+    │   ├── StoreUnavailable     retriable
+    │   └── StoreConflict        fatal       unreadable state, a schema newer than this release
+    │       └── LeadershipLost   fatal       the HA lock is gone: stop, back off, acquire again
+    └── ServeError               startup     the HTTP port cannot be bound (taken, not allowed)
 
 `retriable` says whether the same operation may simply be tried again in place. A fatal error
 fails the current cycle: the daemon logs it, turns not-ready and starts the next cycle after an
@@ -115,3 +116,7 @@ class StoreConflict(StoreError):
 
 class LeadershipLost(StoreConflict):
     """This process is not, or no longer, the store's leader: it must neither commit nor publish."""
+
+
+class ServeError(PollerError):
+    """The health/metrics server cannot listen where it was told to (port taken, no permission)."""

@@ -234,6 +234,7 @@ class WaiqinClient:
                 self._settings.base_url + path, data=body,
                 headers={"Content-Type": JSON_CONTENT_TYPE},
             ) as response:
+                metrics.API_CONNECTED.set(1)  # an HTTP answer arrived, whatever it says
                 # Only a 200 has a body worth reading; leaving the block unread closes the connection.
                 raw = await _read_body(endpoint, response, self._settings.max_response_bytes) \
                     if response.status == 200 else b""
@@ -246,6 +247,7 @@ class WaiqinClient:
                 metrics.API_AUTH_FAILURES.labels(endpoint=endpoint).inc()
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.API_CONNECTED.set(0)
             mapped = map_transport_error(endpoint, exc, path)
             outcome = _outcome(mapped)
             raise mapped from exc

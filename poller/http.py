@@ -7,6 +7,7 @@ job: its last cycle did not fail, a cycle succeeded recently, and the store and 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
 from poller.config import HttpSettings
-from poller.metrics import LAST_SUCCESS
+from poller.errors import ServeError
+from poller.metrics import ACTIVE_SINCE, IS_STANDBY, LAST_SUCCESS
+from poller.redact import Redactor
 
 Check = Callable[[], Awaitable[None]]
 """A readiness probe of a dependency (e.g. `store.ping`): returns if healthy, raises otherwise."""
@@ -40,6 +43,10 @@ class HealthState:
     reason "standby": it is healthy and able to take over, and a not-ready standby would stall
     rolling updates and count against PodDisruptionBudgets for no benefit. Its liveness ignores
     the heartbeat, since waiting for the lock is not being stuck.
+
+    It also keeps the metrics alerts rely on: `waiqin_poller_standby`, and, only while this
+    process is expected to poll, `..._active_since_timestamp_seconds` and
+    `..._last_success_timestamp_seconds` (a standby exports neither: it does not poll).
     """
 
     def __init__(self, *, stuck_after_s: float, ready_window_s: float,
@@ -54,6 +61,10 @@ class HealthState:
         self._consecutive_failures = 0
         self._last_error: str | None = None
         self._is_standby = False
+        self._active_since = self.started_at
+        IS_STANDBY.set(0)
+        ACTIVE_SINCE.set(self.started_at.timestamp())
+        LAST_SUCCESS.clear()
 
     def watch(self, task: asyncio.Task[Any]) -> None:
         """Tie liveness to the loop task: once it is done, the process is not live."""
@@ -63,9 +74,21 @@ class HealthState:
         """The loop is alive and making progress."""
         self._last_beat_at = now or utc_now()
 
-    def set_standby(self, is_standby: bool) -> None:
-        """Mark this replica as waiting for leadership (True) or polling (False)."""
+    def set_standby(self, is_standby: bool, now: datetime | None = None) -> None:
+        """Mark this replica as waiting for leadership (True) or polling (False).
+
+        Taking over starts the clock anew: readiness and the alerts measure from then until the
+        first successful cycle, not from a success of an earlier term or the process start.
+        """
+        if is_standby:
+            self._last_success_at = None
+            ACTIVE_SINCE.clear()
+            LAST_SUCCESS.clear()
+        elif self._is_standby:
+            self._active_since = now or utc_now()
+            ACTIVE_SINCE.set(self._active_since.timestamp())
         self._is_standby = is_standby
+        IS_STANDBY.set(1 if is_standby else 0)
 
     def cycle_started(self, now: datetime | None = None) -> None:
         """A cycle begins (also a heartbeat)."""
@@ -132,7 +155,8 @@ class HealthState:
         """Whether the poller is doing its job, with the reasons (empty when plainly ready).
 
         Not ready after a failed cycle, or when no cycle succeeded within `ready_window_s` of
-        the last success (or of the start, which gives the first cycle that much time).
+        the last success (or of the start or takeover, which gives the first cycle that much
+        time).
         """
         if self._is_standby:
             return True, ["standby"]
@@ -141,23 +165,30 @@ class HealthState:
             reasons.append(
                 f"last {self._consecutive_failures} cycle(s) failed: {self._last_error}"
             )
-        since = self._last_success_at or self.started_at
+        since = self._last_success_at or self._active_since
         if (now or utc_now()) - since > self.ready_window:
             at = since.isoformat(timespec="seconds")
+            start = "the start" if self._active_since == self.started_at else "the takeover"
             reasons.append(f"last successful cycle at {at}" if self._last_success_at
-                           else f"no successful cycle since the start at {at}")
+                           else f"no successful cycle since {start} at {at}")
         return not reasons, reasons
 
 
 class HealthServer:
-    """aiohttp server for /healthz (liveness), /readyz (readiness) and /metrics (Prometheus)."""
+    """aiohttp server for /healthz (liveness), /readyz (readiness) and /metrics (Prometheus).
+
+    Every answer passes through `redactor`: /readyz repeats error messages, and neither it nor
+    /metrics (both unauthenticated) may carry a secret.
+    """
 
     def __init__(self, settings: HttpSettings, health: HealthState, *,
-                 checks: Sequence[Check] = (), check_timeout_s: float = CHECK_TIMEOUT_S) -> None:
+                 checks: Sequence[Check] = (), check_timeout_s: float = CHECK_TIMEOUT_S,
+                 redactor: Redactor | None = None) -> None:
         self._settings = settings
         self._health = health
         self._checks = tuple(checks)
         self._check_timeout_s = check_timeout_s
+        self._redactor = redactor or Redactor()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -178,7 +209,8 @@ class HealthServer:
     async def start(self) -> None:
         """Listen on the configured host and port; idempotent.
 
-        Raises OSError when the port cannot be bound (nothing is left running).
+        Raises ServeError, naming the address, when the port cannot be bound (nothing is left
+        running).
         """
         if self._runner is not None:
             return
@@ -192,6 +224,12 @@ class HealthServer:
         try:
             site = web.TCPSite(runner, self._settings.host, self._settings.port)
             await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            where = f"{self._settings.host}:{self._settings.port}"
+            raise ServeError(f"cannot listen on {where} for /healthz, /readyz and /metrics: "
+                             f"{exc.strerror or exc} (another process uses the port? set "
+                             "POLLER_HTTP_PORT)") from exc
         except BaseException:
             await runner.cleanup()
             raise
@@ -207,8 +245,8 @@ class HealthServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         problem = self._health.liveness_problem(utc_now())
         if problem:
-            return web.json_response({"status": "stuck", "reason": problem}, status=503)
-        return web.json_response({"status": "ok"})
+            return self._json({"status": "stuck", "reason": problem}, status=503)
+        return self._json({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         now = utc_now()
@@ -220,12 +258,20 @@ class HealthServer:
             "last_success_at": _iso(self._health.last_success_at),
             "consecutive_failures": self._health.consecutive_failures,
         }
-        return web.json_response(body, status=200 if body["ready"] else 503)
+        return self._json(body, status=200 if body["ready"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         # Honour the scraper's Accept header (OpenMetrics or the classic text format).
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(REGISTRY), headers={"Content-Type": content_type})
+        body = encoder(REGISTRY)
+        if not self._redactor.is_empty:
+            body = self._redactor.text(body.decode()).encode()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _json(self, body: dict[str, Any], *, status: int = 200) -> web.Response:
+        # Reasons quote the vendor's messages, often Chinese: keep them readable, not \uXXXX.
+        text = self._redactor.text(json.dumps(body, ensure_ascii=False))
+        return web.json_response(text=text, status=status)
 
     async def _run_checks(self) -> list[str]:
         outcomes = await asyncio.gather(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn, Protocol
@@ -23,7 +24,7 @@ from aiokafka.helpers import create_ssl_context
 
 from poller.config import KafkaSettings, TopicSettings
 from poller.errors import PublishError, PublishRejected, PublishUnavailable
-from poller.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
+from poller.metrics import BROKER_CONNECTED, EVENTS_PUBLISHED, LAST_EVENT, PUBLISH_FAILURES
 from poller.models import OutboundRecord, TopicKind
 
 log = structlog.get_logger(__name__)
@@ -165,11 +166,13 @@ class KafkaPublisher:
                 await producer.start()
             started = True
         except CAUGHT_ERRORS as exc:
+            BROKER_CONNECTED.set(0)
             where = self._kafka.bootstrap_servers
             raise map_error(exc, f"cannot start the Kafka producer ({where})") from exc
         finally:
             if not started:
                 await producer.stop()
+        BROKER_CONNECTED.set(1)
         self._producer = producer
 
     async def stop(self) -> None:
@@ -187,6 +190,7 @@ class KafkaPublisher:
             async with asyncio.timeout(self._timeout_s):
                 await producer.client.fetch_all_metadata()
         except CAUGHT_ERRORS as exc:
+            BROKER_CONNECTED.set(0)
             raise PublishUnavailable(f"Kafka brokers do not answer: {_describe(exc)}") from exc
 
     async def publish(self, records: Sequence[OutboundRecord]) -> None:
@@ -227,10 +231,13 @@ class KafkaPublisher:
             self._fail(failures[0], len(records))
         for event_type, count in Counter(_event_type(r) for r in records).items():
             EVENTS_PUBLISHED.labels(type=event_type).inc(count)
+        BROKER_CONNECTED.set(1)
+        LAST_EVENT.set(time.time())
 
     def _fail(self, exc: BaseException, count: int) -> NoReturn:
         self._check_topics = True
         PUBLISH_FAILURES.labels(error=type(exc).__name__).inc()
+        BROKER_CONNECTED.set(0)
         if not isinstance(exc, CAUGHT_ERRORS):
             raise exc
         raise map_error(exc, f"Kafka did not acknowledge a batch of {count} record(s)") from exc
@@ -363,6 +370,8 @@ class MemoryPublisher:
         self.records.extend(records)
         for event_type, count in Counter(_event_type(r) for r in records).items():
             EVENTS_PUBLISHED.labels(type=event_type).inc(count)
+        BROKER_CONNECTED.set(1)
+        LAST_EVENT.set(time.time())
 
     async def ping(self) -> None:
         """Raise PublishUnavailable while set unreachable."""

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from poller.config import HttpSettings
-from poller.errors import PublishUnavailable
+from poller.errors import PublishUnavailable, ServeError
 from poller.http import HealthServer, HealthState
 from poller.metrics import EVENTS_PUBLISHED, LAST_SUCCESS
 
@@ -86,7 +86,7 @@ class TestReadiness:
         health.cycle_succeeded(at(30))
         assert (health.consecutive_failures, health.last_error) == (0, None)
         assert health.last_success_at == at(30)
-        assert LAST_SUCCESS._value.get() == at(30).timestamp()
+        assert LAST_SUCCESS.value == at(30).timestamp()
         assert health.readiness(at(200)) == (True, [])
 
     def test_stale_success_is_not_ready(self) -> None:
@@ -232,10 +232,10 @@ class TestHealthServer:
             await get(f"http://127.0.0.1:{port}/healthz")
 
     async def test_port_in_use(self, serve: Any) -> None:
-        """Binding a taken port raises OSError and leaves nothing running."""
+        """Binding a taken port raises ServeError naming the address and leaves nothing running."""
         base = await serve(fresh())
         port = int(base.rsplit(":", 1)[1])
         server = HealthServer(HttpSettings(host="127.0.0.1", port=port), fresh())
-        with pytest.raises(OSError):
+        with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}.*POLLER_HTTP_PORT"):
             await server.start()
         await server.stop()

@@ -33,10 +33,11 @@ def known_env_names() -> set[str]:
 
 def metric_sample_names() -> set[str]:
     """Every time-series name that poller/metrics.py exposes on /metrics."""
-    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
+                "info": ("_info",)}
     names: set[str] = set()
     for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
+        if isinstance(value, MetricWrapperBase | metrics.OptionalGauge):
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
