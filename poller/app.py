@@ -18,6 +18,7 @@ from poller.fetch import WaiqinClient
 from poller.http import HealthServer, HealthState
 from poller.loop import Poller
 from poller.publish import KafkaPublisher
+from poller.redact import Redactor
 from poller.store import open_store
 
 log = structlog.get_logger(__name__)
@@ -47,7 +48,7 @@ def event_source(settings: Settings) -> str:
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None,
-              handle_signals: bool = True) -> None:
+              handle_signals: bool = True, redactor: Redactor | None = None) -> None:
     """Run the daemon until `stop` is set or SIGTERM/SIGINT arrives.
 
     Start order: health server (so probes answer while the rest waits out an outage), store,
@@ -67,7 +68,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
     poller = Poller(poll, client=client, store=store, publisher=publisher, health=health,
                     source=event_source(settings), max_message_bytes=settings.kafka.max_message_bytes)
     async with AsyncExitStack() as stack:
-        server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping])
+        server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping],
+                              redactor=redactor or Redactor.from_settings(settings))
         await server.start()
         stack.push_async_callback(server.stop)
         log.info("http_started", port=server.port)

@@ -1,74 +1,62 @@
-"""Logging setup: one structlog chain (JSON or console) on stdout, secrets redacted, stdlib too.
+"""Logging setup: one structlog chain (JSON or console), secrets redacted, stdlib too.
 
-Lines go to stdout, the container convention: Kubernetes and docker collect it, and nothing
-else of ours writes there (`tail` and `demo` output is the CLI's, never the daemon's).
+The daemon logs to stdout, the container convention: Kubernetes and docker collect it, and
+nothing else of ours writes there. Human-facing commands (check, backfill, tail, demo, ...)
+log to stderr, so their own output on stdout stays clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
 import sys
-from collections.abc import Iterable
-from datetime import date, datetime
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, Processor
 
-from poller.config import LogSettings, Settings
+from poller.config import LogSettings
+from poller.redact import Redactor
 
-MASK = "***"
-# Values under keys like these are masked whatever they hold (digest is md5 over the appkey).
-SENSITIVE_KEY = re.compile(
-    r"appkey|app_key|password|passwd|secret|digest|token|credential|authorization", re.IGNORECASE
-)
 # Third-party libraries (aiokafka, aiohttp, asyncpg) are chatty below this level.
 STDLIB_FLOOR = logging.WARNING
-_PLAIN = (str, int, float, bool, type(None), datetime, date)
 
 
-class Redactor:
-    """A processor that replaces secret values in every string and masks sensitive keys."""
+class _CurrentStderr:
+    """A stream that writes to whatever sys.stderr is at the time of the write."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is replaced whole.
-        self._secrets = sorted({s for s in secrets if s and s.strip()}, key=len, reverse=True)
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
 
-    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        return {key: self._field(key, value) for key, value in event_dict.items()}
+    def flush(self) -> None:
+        sys.stderr.flush()
 
-    def _field(self, key: object, value: Any) -> Any:
-        if isinstance(key, str) and value is not None and SENSITIVE_KEY.search(key):
-            return MASK
-        return self._value(value)
-
-    def _value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, dict):
-            return {key: self._field(key, item) for key, item in value.items()}
-        if isinstance(value, list | tuple | set | frozenset):
-            return [self._value(item) for item in value]
-        if isinstance(value, _PLAIN):
-            return value
-        # Anything else (an exception, a model, a URL object) is rendered as text anyway:
-        # render it here so its text is redacted too.
-        return self.text(str(value))
-
-    def text(self, text: str) -> str:
-        """`text` with every secret replaced by ***."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
-def secret_values(settings: Settings) -> list[str]:
-    """The secret values of these settings, for `configure(..., secrets=...)`."""
-    candidates = (settings.waiqin.appkey, settings.kafka.sasl_password, settings.kafka.ssl_password)
-    return [secret.get_secret_value() for secret in candidates if secret is not None]
+def current_stderr() -> TextIO:
+    """A stream for human-facing commands' logs: stderr as it is at each write.
+
+    rich's progress bar swaps sys.stderr for a proxy that prints lines above the bar; a logger
+    holding the original stream would write straight through the bar instead.
+    """
+    return cast(TextIO, _CurrentStderr())
+
+
+@contextlib.contextmanager
+def quiet(name: str) -> Iterator[None]:
+    """Silence a library's logger for a while: a command that reports the failure itself in
+    one line does not need the library's own complaint about it first."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dumps(event_dict: EventDict, **_: Any) -> str:
@@ -76,18 +64,19 @@ def _dumps(event_dict: EventDict, **_: Any) -> str:
     return orjson.dumps(event_dict, default=str).decode()
 
 
-def configure(settings: LogSettings, *, secrets: Iterable[str] = (),
-              stream: TextIO | None = None) -> None:
+def configure(settings: LogSettings, *, redactor: Redactor | None = None,
+              secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger to write one format to `stream` (stdout).
 
     Every line carries the bound contextvars, an ISO UTC timestamp and the level; exceptions
     are rendered as plain tracebacks (never with local variables, which may hold secrets), and
-    `secrets` are replaced by *** everywhere. stdlib loggers (aiokafka, aiohttp) come through
-    the same chain from WARNING up. Calling it again replaces the previous configuration.
+    the secrets of `redactor` (or the plain `secrets`) are replaced by *** everywhere. stdlib
+    loggers (aiokafka, aiohttp) come through the same chain from WARNING up. Calling it again
+    replaces the previous configuration.
     """
     out = stream or sys.stdout
     level = logging.getLevelNamesMapping()[settings.level]
-    redact = Redactor(secrets)
+    redact = redactor or Redactor(secrets)
     renderer: Processor = (
         structlog.processors.JSONRenderer(serializer=_dumps) if settings.format == "json"
         else structlog.dev.ConsoleRenderer(

@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from poller.config import LogSettings, Settings
-from poller.logs import MASK, Redactor, configure, secret_values
+from poller.logs import configure
+from poller.redact import MASK, Redactor, secret_values
 
 APPKEY = "s3cr3t-appkey-0123456789"
 

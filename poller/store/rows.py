@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TypeVar, cast
-from urllib.parse import urlsplit
 
 import orjson
 
 from poller.models import BEIJING, OutboundRecord, OutboxEntry, TopicKind
+from poller.redact import describe_store_url
 
 T = TypeVar("T")
 
@@ -33,12 +33,9 @@ def as_beijing(value: datetime | None) -> datetime | None:
 
 
 def describe_url(url: str) -> str:
-    """The store URL without a password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """The store URL without any password (user info, query string, key=value), for logs and
+    error messages."""
+    return describe_store_url(url)
 
 
 def encode_headers(headers: Iterable[tuple[str, bytes]]) -> bytes:
