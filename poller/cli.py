@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import sys
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
@@ -12,34 +14,54 @@ import click
 from poller import __version__, logs
 from poller.config import Settings
 from poller.errors import ConfigError, PollerError
+from poller.redact import Redactor
 
-# Exit codes: 0 clean stop, 1 a check or command failed, 2 bad configuration.
+# Exit codes: 0 clean stop, 1 a check or command failed, 2 bad configuration or arguments.
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C
+# Stand-ins for the credentials of commands that never call the API (tail, simulator): not
+# secrets, so the redactor must leave them alone (a "-" masked in every timestamp otherwise).
+NO_API_CREDENTIALS = {"WAIQIN_OPENID": "not-used", "WAIQIN_APPKEY": "not-used"}
+# Human-facing commands log for a person at a terminal unless LOG_FORMAT says otherwise.
+HUMAN_LOGS = {"LOG_FORMAT": "console"}
 
 
-def load_settings(**defaults: str) -> Settings:
-    """Settings from the environment (`defaults` fill unset variables); a bad one exits 2
-    with one line naming it."""
+def load_settings(*, human: bool, defaults: Mapping[str, str] | None = None,
+                  placeholders: Mapping[str, str] | None = None) -> tuple[Settings, Redactor]:
+    """Settings from the environment and the Redactor built from them, with logs configured.
+
+    `defaults` fill unset variables; `placeholders` are defaults that stand in for values the
+    command does not use (they are not secrets). The daemon (`human=False`) logs JSON to stdout;
+    human-facing commands log to stderr, in console format unless LOG_FORMAT is set. A bad
+    setting exits 2 with one line naming it.
+    """
+    filled = {**(HUMAN_LOGS if human else {}), **(placeholders or {}), **(defaults or {})}
     try:
-        settings = Settings.load(defaults=defaults)
+        settings = Settings.load(defaults=filled)
     except ConfigError as exc:
         click.echo(f"waiqin-poller: configuration error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    logs.configure(settings.log, secrets=logs.secret_values(settings))
+    redactor = Redactor.from_settings(settings, placeholders=(placeholders or {}).values())
+    logs.configure(settings.log, redactor=redactor, stream=logs.current_stderr() if human else None)
     for name in settings.unknown_variables():
         click.echo(f"waiqin-poller: warning: {name} is not a setting (typo?); ignored", err=True)
-    return settings
+    return settings, redactor
 
 
-def _run(coro: Any) -> Any:
+def _run(coro: Any, redactor: Redactor, settings: Settings | None = None) -> Any:
+    """Run `coro`; an expected failure ends in one line (no traceback) and exit code 1."""
+    from poller.commands import hints
+
     try:
         return asyncio.run(coro)
     except PollerError as exc:
-        click.echo(f"waiqin-poller: {type(exc).__name__}: {exc}", err=True)
+        line = f"waiqin-poller: {type(exc).__name__}: {exc}"
+        hint = hints.for_error(exc, settings)
+        click.echo(redactor.text(line + (f"\n  hint: {hint}" if hint else "")), err=True)
         sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group()
@@ -53,17 +75,18 @@ def run() -> None:
     """Run the daemon (configured by the environment; see the README)."""
     from poller import app
 
-    settings = load_settings()
-    _run(app.run(settings))
+    settings, redactor = load_settings(human=False)
+    _run(app.run(settings, redactor=redactor), redactor, settings)
 
 
 @main.command()
 def check() -> None:
-    """Validate the configuration and reach the API, the store and Kafka."""
+    """Validate the configuration and reach the API, the store and Kafka, failing fast."""
     from poller.commands import check as checks
 
-    settings = load_settings()
-    ok = _run(checks.run(settings))
+    # Quiet unless asked: every problem is already one of check's own lines.
+    settings, redactor = load_settings(human=True, defaults={"LOG_LEVEL": "ERROR"})
+    ok = _run(checks.run(settings, redactor), redactor, settings)
     sys.exit(0 if ok else EXIT_FAILURE)
 
 
@@ -82,12 +105,25 @@ def backfill(from_: Any, to: Any, days_per_request: int) -> None:
     end: date = to.date()
     if end < start:
         raise click.BadParameter("--to is before --from")
-    settings = load_settings()
-    _run(backfill_.run(settings, start, end, days_per_request=days_per_request))
+    settings, redactor = load_settings(human=True)
+    _run(backfill_.run(settings, start, end, days_per_request=days_per_request), redactor, settings)
+
+
+def _known_types(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    from poller.commands.tail import KNOWN_TYPES
+
+    for value in values:
+        if value not in KNOWN_TYPES:
+            close = difflib.get_close_matches(value, KNOWN_TYPES, n=1)
+            suggestion = f"did you mean {close[0]}? " if close else ""
+            raise click.BadParameter(f"unknown event type {value!r}; {suggestion}"
+                                     f"known: {', '.join(KNOWN_TYPES)}")
+    return values
 
 
 @main.command()
-@click.option("--type", "types", multiple=True, help="Only these event types (repeatable).")
+@click.option("--type", "types", multiple=True, callback=_known_types,
+              help="Only these event types (repeatable), e.g. TaskAccepted.")
 @click.option("--task", "task_ids", multiple=True, help="Only these task ids (repeatable).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest event, not the newest.")
 @click.option("--dead-letters", is_flag=True, help="Follow the dead-letter topic instead.")
@@ -96,9 +132,9 @@ def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool
     """Follow the task topic and print events, human readable."""
     from poller.commands import tail as tail_
 
-    settings = load_settings(WAIQIN_OPENID="-", WAIQIN_APPKEY="-")  # tail never calls the API
+    settings, redactor = load_settings(human=True, placeholders=NO_API_CREDENTIALS)
     _run(tail_.run(settings, types=set(types), task_ids=set(task_ids),
-                   from_beginning=from_beginning, dead_letters=dead_letters))
+                   from_beginning=from_beginning, dead_letters=dead_letters), redactor, settings)
 
 
 @main.command()
@@ -115,19 +151,33 @@ def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool
 def simulator(host: str, port: int, openid: str, appkey: str, tasks: int, days: int, seed: int,
               churn: float, drift: bool) -> None:
     """Serve the fake Waiqin365 API (signed endpoints, admin API, churn, faults)."""
-    from poller.simulator import run_simulator
+    from poller.commands import serve
 
-    _run(run_simulator(host=host, port=port, openid=openid, appkey=appkey, tasks=tasks,
-                       days=days, seed=seed, churn_per_s=churn, drift=drift))
+    settings, _ = load_settings(human=True, placeholders=NO_API_CREDENTIALS)
+    redactor = Redactor([appkey])
+    logs.configure(settings.log, redactor=redactor, stream=logs.current_stderr())
+    _run(serve.simulator(host=host, port=port, openid=openid, appkey=appkey, tasks=tasks,
+                         days=days, seed=seed, churn_per_s=churn, drift=drift), redactor)
+
+
+@main.command()
+@click.option("--port", default=9092, show_default=True,
+              help="Port on 127.0.0.1 (9092 is what KAFKA_BOOTSTRAP_SERVERS defaults to).")
+def broker(port: int) -> None:
+    """A local Kafka-compatible broker (Tansu, in memory) for check, tail, backfill and run."""
+    from poller.commands import serve
+
+    settings, redactor = load_settings(human=True, placeholders=NO_API_CREDENTIALS)
+    _run(serve.broker(port), redactor, settings)
 
 
 @main.command()
 @click.option("--churn", default=1.0, show_default=True, help="Simulated mutations per second.")
 @click.option("--tasks", default=300, show_default=True, help="Tasks to seed the simulator with.")
 @click.option("--state-dir", default=".waiqin-demo", show_default=True,
-              help="Where the demo keeps its SQLite state.")
+              help="Where the demo keeps its SQLite state (only its own files are replaced).")
 def demo(churn: float, tasks: int, state_dir: str) -> None:
     """Everything local: simulator, a Kafka-compatible broker, the poller, live events."""
     from poller.commands import demo as demo_
 
-    _run(demo_.run(churn_per_s=churn, tasks=tasks, state_dir=state_dir))
+    _run(demo_.run(churn_per_s=churn, tasks=tasks, state_dir=state_dir), Redactor([demo_.APPKEY]))

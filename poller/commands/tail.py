@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 
-from poller import events
+from poller import events, logs
 from poller.config import KafkaSettings, Settings
-from poller.publish import client_options
+from poller.publish import CAUGHT_ERRORS, client_options, map_error
 
+log = structlog.get_logger(__name__)
+
+KNOWN_TYPES: tuple[str, ...] = (
+    *(str(cls.model_fields["type"].default) for cls in events.TASK_EVENTS), "DeadLetter",
+)
+"""The ce_type values `--type` accepts."""
+# task_status values in words (docs/design.md §2), for status changes.
+TASK_STATUS = {0: "awaiting feedback", 1: "feedback given", 2: "accepted", 3: "feedback rejected"}
 COLOURS = {
     "TaskCreated": "bold green", "TaskDeleted": "red", "TaskRestored": "green",
     "TaskAccepted": "bold cyan", "TaskRejected": "magenta", "FeedbackAdded": "yellow",
@@ -29,7 +39,12 @@ async def run(settings: Settings, *, types: set[str], task_ids: set[str], from_b
     emit = printer or console.print
     topic = settings.topics.dead_letter if dead_letters else settings.topics.tasks
     consumer = AIOKafkaConsumer(**consumer_options(settings.kafka))
-    await consumer.start()
+    try:
+        with logs.quiet("aiokafka"):  # the one line below says it
+            await consumer.start()
+    except CAUGHT_ERRORS as exc:
+        await consumer.stop()  # a consumer that failed to start still holds its client
+        raise map_error(exc, f"cannot reach Kafka at {settings.kafka.bootstrap_servers}") from exc
     try:
         await _assign(consumer, topic, from_beginning)
         while stop is None or not stop.is_set():
@@ -50,10 +65,14 @@ def consumer_options(kafka: KafkaSettings) -> dict[str, Any]:
 
 async def _assign(consumer: AIOKafkaConsumer, topic: str, from_beginning: bool) -> None:
     partitions: set[int] | None = None
+    announced = False
     # The topic may not exist yet (the poller creates it at start): wait for it.
     while not partitions:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
+            if not announced:
+                log.info("waiting_for_topic", topic=topic)
+                announced = True
             # aiokafka offers no public refresh for a manually assigned consumer (topics()
             # returns a copy and leaves the consumer's own metadata stale).
             await consumer._client.force_metadata_update()
@@ -85,19 +104,32 @@ def describe(record: Any, *, types: set[str] = frozenset(),  # type: ignore[assi
 
 def _detail(event: Any) -> str:
     name = getattr(event, "task_type_name", None)
-    parts = [f"type={name}"] if name else []
-    for attr, label in (("from_status", "from"), ("to_status", "to")):
-        if hasattr(event, attr):
-            parts.append(f"{label}={getattr(event, attr)}")
+    parts = [f"type={escape(name)}"] if name else []
+    if hasattr(event, "from_status") and hasattr(event, "to_status"):
+        parts.append(f"{status_words(event.from_status)} → {status_words(event.to_status)}")
     if hasattr(event, "changes"):
         parts.append("changed=" + ",".join(sorted(event.changes)))
     if hasattr(event, "added"):
-        parts.append(f"+{[r.name or r.id for r in event.added]} -{[r.name or r.id for r in event.removed]}")
+        parts.append(receivers_words(event.added, event.removed))
     if hasattr(event, "feedback"):
-        parts.append(f"“{(event.feedback.feedback_content or '')[:40]}”")
+        parts.append(f"“{escape((event.feedback.feedback_content or '')[:40])}”")
     if hasattr(event, "after") and hasattr(event, "before"):
         parts.append(f"{event.before} → {event.after}")
     task = getattr(event, "task", None)
     if getattr(event, "type", "") == "TaskCreated" and task is not None:
-        parts.append(f"“{(task.task_content or '')[:40]}”")
+        parts.append(f"“{escape((task.task_content or '')[:40])}”")
     return " ".join(parts)
+
+
+def status_words(value: int) -> str:
+    """A task_status as words (the number itself when unknown)."""
+    return TASK_STATUS.get(value, f"status {value}")
+
+
+def receivers_words(added: Iterable[Any], removed: Iterable[Any]) -> str:
+    """`+张三, 李四 −王五`: who was assigned and who was taken off, by name (id if unnamed)."""
+    def names(people: Iterable[Any]) -> str:
+        return ", ".join(escape(person.name or person.id) for person in people)
+
+    parts = [f"+{names(added)}" if added else "", f"−{names(removed)}" if removed else ""]
+    return " ".join(part for part in parts if part)
