@@ -13,7 +13,8 @@ import pytest
 from poller.config import HttpSettings
 from poller.errors import PublishUnavailable, ServeError
 from poller.http import HealthServer, HealthState
-from poller.metrics import EVENTS_PUBLISHED, LAST_SUCCESS
+from poller.metrics import ACTIVE_SINCE, EVENTS_PUBLISHED, LAST_SUCCESS, REGISTRY
+from poller.redact import Redactor
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -103,6 +104,42 @@ class TestReadiness:
         health.set_standby(True)
         assert health.readiness(at(3600)) == (True, ["standby"])
 
+    def test_takeover_measures_from_the_takeover(self) -> None:
+        """After a long standby, the first cycle gets the ready window from the takeover on."""
+        health = state()
+        health.cycle_succeeded(at(10))
+        health.set_standby(True)
+        health.set_standby(False, now=at(3600))
+        assert health.readiness(at(3650)) == (True, [])
+        ready, reasons = health.readiness(at(3800))
+        assert not ready
+        assert reasons == ["no successful cycle since the takeover at 2024-05-01T09:00:00+00:00"]
+
+
+class TestHealthMetrics:
+    def test_start_exports_active_since_and_no_last_success(self) -> None:
+        """A new process exports when it became active, no last success and standby 0."""
+        state()
+        assert ACTIVE_SINCE.value == T0.timestamp()
+        assert LAST_SUCCESS.value is None
+        assert REGISTRY.get_sample_value("waiqin_poller_standby") == 0
+
+    def test_standby_exports_neither_timestamp(self) -> None:
+        """A standby exports no last success and no active-since (it does not poll), standby 1."""
+        health = state()
+        health.cycle_succeeded(at(30))
+        health.set_standby(True)
+        assert (LAST_SUCCESS.value, ACTIVE_SINCE.value) == (None, None)
+        assert REGISTRY.get_sample_value("waiqin_poller_standby") == 1
+
+    def test_takeover_exports_the_takeover_time(self) -> None:
+        """Taking the lead exports active-since = the takeover, standby 0."""
+        health = state()
+        health.set_standby(True)
+        health.set_standby(False, now=at(500))
+        assert ACTIVE_SINCE.value == at(500).timestamp()
+        assert REGISTRY.get_sample_value("waiqin_poller_standby") == 0
+
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Any]:
@@ -186,6 +223,25 @@ class TestHealthServer:
         status, body = await get_json(f"{base}/readyz")
         assert status == 503
         assert body["reasons"] == ["broker_down: PublishUnavailable: Kafka brokers do not answer"]
+
+    async def test_readyz_keeps_chinese_readable(self, serve: Any) -> None:
+        """Reasons quoting the vendor in Chinese arrive as Chinese, not as \\u escapes."""
+        health = fresh()
+        health.cycle_failed(PublishUnavailable("服务繁忙"))
+        _, _, text = await get(f"{await serve(health)}/readyz")
+        assert "服务繁忙" in text and "\\u" not in text
+
+    async def test_readyz_and_metrics_are_redacted(self, serve: Any) -> None:
+        """A secret inside an error message is masked on /readyz and on /metrics."""
+        async def store_down() -> None:
+            raise PublishUnavailable("cannot reach postgresql://u:hunter2-db@db/p")
+
+        base = await serve(fresh(), checks=[store_down], redactor=Redactor(["hunter2-db", "leaky"]))
+        _, _, ready = await get(f"{base}/readyz")
+        assert "hunter2-db" not in ready and "***" in ready
+        EVENTS_PUBLISHED.labels(type="leaky")
+        _, _, text = await get(f"{base}/metrics")
+        assert "leaky" not in text
 
     async def test_hanging_check_times_out(self, serve: Any) -> None:
         """A check that never answers is cut off by the timeout and reported by its owner's name."""

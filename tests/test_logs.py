@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import structlog
 
-from poller.config import LogSettings, Settings
+from poller.config import LogSettings
 from poller.logs import configure
-from poller.redact import MASK, Redactor, secret_values
+from poller.redact import MASK
 
 APPKEY = "s3cr3t-appkey-0123456789"
 
@@ -110,20 +110,6 @@ class TestRedaction:
         )
         assert line["params"] == {"WAIQIN_APPKEY": MASK}
         assert line["openid"] == "visible"
-
-    def test_longest_secret_first(self) -> None:
-        """A secret that contains another is replaced whole."""
-        redact = Redactor(["abc", "abcdef", ""])
-        assert redact.text("xabcdefx abc") == f"x{MASK}x {MASK}"
-
-    def test_secret_values_of_settings(self) -> None:
-        """secret_values lists the appkey and the Kafka passwords that are set."""
-        settings = Settings.load({
-            "WAIQIN_OPENID": "o", "WAIQIN_APPKEY": APPKEY,
-            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN",
-            "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "kafka-pw",
-        })
-        assert secret_values(settings) == [APPKEY, "kafka-pw"]
 
 
 class TestStdlib:
