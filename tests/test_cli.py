@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
+import socket
 import sys
+import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from poller.localbroker import accepts, free_port
 from poller.models import beijing_now
 from poller.simulator import Simulator
 from tests.fixtures.broker import TansuBroker
 from tests.fixtures.simulator import APPKEY, OPENID
+from tests.integration.harness import eventually
 
 
 def env_for(sim: Simulator, broker: TansuBroker, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -113,3 +120,208 @@ class TestTail:
             await process.wait()
         assert all("TaskCreated" in line for line in lines), lines
         assert all("+08:00" in line for line in lines)
+
+
+async def run_split(env: dict[str, str], *args: str, timeout_s: float = 60) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of `waiqin-poller ARGS`."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poller", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def no_json_lines(text: str) -> bool:
+    return not any(line.lstrip().startswith('{"') for line in text.splitlines())
+
+
+def one_line_failure(code: int, err: str) -> bool:
+    """Exit 1 and a last line that starts with `waiqin-poller:`, no traceback, no warnings."""
+    return (code == 1 and "Traceback" not in err and "Unclosed" not in err
+            and err.strip().splitlines()[0].startswith("waiqin-poller:"))
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers (a black-holed address)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+class TestCheckFailsFast:
+    async def test_unanswering_api(self, sim: Simulator, running_kafka_broker: TansuBroker,
+                                   tmp_path: Path, silent_server: int) -> None:
+        """An API host that never answers is reported in seconds, by address and likely cause."""
+        env = env_for(sim, running_kafka_broker, tmp_path,
+                      WAIQIN_BASE_URL=f"http://127.0.0.1:{silent_server}", WAIQIN_MAX_ATTEMPTS="5",
+                      WAIQIN_REQUEST_TIMEOUT_SECONDS="30")
+        started = time.monotonic()
+        code, out, err = await run_split(env, "check")
+        elapsed = time.monotonic() - started
+        assert code == 1
+        assert elapsed < 30, elapsed  # the daemon's policy would take 5 × 30 s per endpoint
+        assert f"✗ API queryTask (127.0.0.1:{silent_server})" in out
+        assert "did not answer in time" in out
+        assert no_json_lines(out) and no_json_lines(err)
+
+    async def test_refused_api_port(self, sim: Simulator, running_kafka_broker: TansuBroker,
+                                    tmp_path: Path) -> None:
+        """A port nobody listens on is named, with 'refused the connection'."""
+        port = free_port()
+        env = env_for(sim, running_kafka_broker, tmp_path, WAIQIN_BASE_URL=f"http://127.0.0.1:{port}")
+        code, out, _ = await run_split(env, "check")
+        assert code == 1
+        assert f"127.0.0.1:{port} refused the connection" in out
+
+    async def test_idempotent_producer_refused(self, sim: Simulator, running_kafka_broker: TansuBroker,
+                                               tmp_path: Path) -> None:
+        """A broker that cannot run idempotent producers gets the setting to change, not [Error -1]."""
+        env = env_for(sim, running_kafka_broker, tmp_path, KAFKA_ENABLE_IDEMPOTENCE="true")
+        code, out, _ = await run_split(env, "check")
+        assert code == 1
+        assert "✗ Kafka" in out and "KAFKA_ENABLE_IDEMPOTENCE=false" in out
+
+
+class TestOneLineFailures:
+    async def test_run_on_a_taken_port(self, tmp_path: Path) -> None:
+        """`run` with its HTTP port taken ends in one line naming the port."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            env = {"PATH": os.environ.get("PATH", ""), "WAIQIN_OPENID": "o", "WAIQIN_APPKEY": "a-key",
+                   "POLLER_HTTP_HOST": "127.0.0.1", "POLLER_HTTP_PORT": str(port),
+                   "POLLER_STORE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+            code, _, err = await run_split(env, "run")
+        assert one_line_failure(code, err), err
+        assert f"cannot listen on 127.0.0.1:{port}" in err
+
+    async def test_tail_without_a_broker(self, tmp_path: Path) -> None:
+        """`tail` with no broker ends in one line naming the address, no traceback or warning."""
+        port = free_port()
+        env = {"PATH": os.environ.get("PATH", ""), "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+        code, _, err = await run_split(env, "tail")
+        assert one_line_failure(code, err), err
+        assert f"cannot reach Kafka at 127.0.0.1:{port}" in err
+
+    async def test_simulator_on_a_taken_port(self) -> None:
+        """`simulator` on a taken port ends in one line naming it."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            env = {"PATH": os.environ.get("PATH", "")}
+            code, _, err = await run_split(env, "simulator", "--port", str(port))
+        assert one_line_failure(code, err), err
+        assert f"cannot listen on 127.0.0.1:{port}" in err
+
+    async def test_misspelt_event_type(self) -> None:
+        """`tail --type TaskAcepted` is refused with the right spelling, before anything runs."""
+        code, _, err = await run_split({"PATH": os.environ.get("PATH", "")}, "tail", "--type", "TaskAcepted")
+        assert code == 2
+        assert "did you mean TaskAccepted?" in err
+
+
+class TestHumanLogs:
+    async def test_tail_without_credentials_keeps_timestamps(
+            self, running_kafka_broker: TansuBroker) -> None:
+        """tail needs no appkey, and its log lines keep their timestamps (no *** in the dates)."""
+        env = {"PATH": os.environ.get("PATH", ""), "KAFKA_BOOTSTRAP_SERVERS": running_kafka_broker.bootstrap,
+               "KAFKA_ENABLE_IDEMPOTENCE": "false", "POLLER_TOPIC_PREFIX": f"none{free_port()}",
+               "LOG_LEVEL": "INFO"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poller", "tail", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert process.stderr is not None
+        try:
+            async with asyncio.timeout(30):
+                line = ""
+                while "waiting_for_topic" not in line:
+                    line = (await process.stderr.readline()).decode()
+                    assert line, "tail ended early"
+        finally:
+            process.kill()
+            await process.wait()
+        assert re.match(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", line), line
+        assert "***" not in line and not line.startswith("{")
+
+    async def test_backfill_logs_are_console_lines_on_stderr(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """backfill's log lines are console lines on stderr: no JSON runs into its progress output."""
+        env = env_for(sim, running_kafka_broker, tmp_path, LOG_LEVEL="INFO")
+        today = beijing_now().date()
+        code, out, err = await run_split(env, "backfill", "--from", str(today - timedelta(days=1)),
+                                         "--to", str(today))
+        assert code == 0, err
+        assert "[info" in err  # console format
+        assert no_json_lines(out) and no_json_lines(err)
+
+
+def try_it_block() -> str:
+    """The README's "Try it without Docker" shell block."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Try it without Docker", 1)[1].split("\n## ", 1)[0]
+    return section.split("```bash", 1)[1].split("```", 1)[0]
+
+
+class TestTryIt:
+    async def test_readme_flow_against_the_local_broker(self, tmp_path: Path) -> None:
+        """The README's try-it commands work as written: broker, simulator, check, run, tail.
+
+        1. `waiqin-poller broker` and `waiqin-poller simulator` start (on free ports here);
+        2. the README's exports, ports swapped, make `check` pass;
+        3. `run` polls into the broker and `tail --from-beginning` prints the events.
+        """
+        block = try_it_block()
+        commands = [line.split("#")[0].strip() for line in block.splitlines()]
+        assert "waiqin-poller broker &" in commands and "waiqin-poller check" in commands
+        broker_port, sim_port, http_port = free_port(), free_port(), free_port()
+        env = {"PATH": os.environ.get("PATH", ""), "COLUMNS": "200"}
+        for line in commands:
+            if line.startswith("export "):
+                env.update(pair.split("=", 1) for pair in line.removeprefix("export ").split())
+        env = {k: v.replace(":9092", f":{broker_port}").replace(":8090", f":{sim_port}") for k, v in env.items()}
+        env.update(POLLER_STORE_URL=f"sqlite:///{tmp_path / 'try.db'}", POLLER_HTTP_PORT=str(http_port),
+                   POLLER_POLL_INTERVAL="1", POLLER_START_MODE="replay")
+        started: list[asyncio.subprocess.Process] = []
+
+        async def background(*args: str) -> asyncio.subprocess.Process:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "poller", *args, env=env, cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            started.append(process)
+            return process
+
+        try:
+            broker = await background("broker", "--port", str(broker_port))
+            assert broker.stdout is not None
+            first = (await asyncio.wait_for(broker.stdout.readline(), 30)).decode()
+            assert f"127.0.0.1:{broker_port}" in first
+            await background("simulator", "--port", str(sim_port), "--tasks", "20", "--churn", "2")
+            await eventually(lambda: accepts(sim_port), what="the simulator")
+            code, out, err = await run_split(env, "check")
+            assert code == 0, out + err
+            await background("run")
+            tail = await background("tail", "--from-beginning")
+            assert tail.stdout is not None
+            line = await asyncio.wait_for(tail.stdout.readline(), 60)
+            assert b"TaskCreated" in line
+        finally:
+            for process in started:
+                if process.returncode is None:
+                    process.send_signal(signal.SIGINT)
+            for process in started:
+                await asyncio.wait_for(process.wait(), 30)
+        assert started[0].returncode == 0  # the broker ends cleanly on Ctrl-C

@@ -84,8 +84,9 @@ class TestNoSecretInAnyOutput:
         assert leaked(output) == [], output[-3000:]
         assert leaked("".join(pages)) == []
 
-    @pytest.mark.parametrize("args", [("check",), ("tail",), ("backfill", "--from", "2024-01-01", "--to", "2024-01-02")],
-                             ids=["check", "tail", "backfill"])
+    @pytest.mark.parametrize(
+        "args", [("check",), ("tail",), ("backfill", "--from", "2024-01-01", "--to", "2024-01-02")],
+        ids=["check", "tail", "backfill"])
     async def test_commands(self, sim: Simulator, tmp_path: Path, args: tuple[str, ...]) -> None:
         """check, tail and backfill report the failures without a secret."""
         output = await command(planted_env(sim, tmp_path), *args)
