@@ -18,7 +18,7 @@ from tests.deploy.conftest import CHART, ROOT
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "waiqin-poller.json"
+DASHBOARD = CHART / "dashboards" / "waiqin-poller.json"
 DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 METRIC = re.compile(r"\bwaiqin_poller_[a-z0-9_]+")
@@ -31,6 +31,7 @@ REQUIRED_ALERTS = {
 }
 # The compose stack polls every 10 s (docker-compose.yml), which alerts.yml's thresholds assume.
 COMPOSE_VALUES = {
+    "image": {"repository": "registry.example.com/waiqin-poller"},
     "waiqin": {"openid": "o", "appkey": "k"},
     "prometheusRule": {"enabled": True},
     "config": {"pollInterval": 10},
@@ -174,6 +175,15 @@ def dashboard() -> dict[str, Any]:
 
 
 class TestDashboard:
+    def test_every_query_is_scoped_by_namespace_and_job(self, dashboard: dict[str, Any]) -> None:
+        """Each metric in each query is filtered by the $namespace and $job variables."""
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        assert {"datasource", "namespace", "job"} <= variables
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                for name in METRIC.findall(target["expr"]):
+                    assert f'{name}{{namespace=~"$namespace", job=~"$job"' in target["expr"], target["expr"]
+
     def test_queries_use_only_exported_metrics(
         self, dashboard: dict[str, Any], sample_names: set[str]
     ) -> None:
@@ -187,20 +197,25 @@ class TestDashboard:
         titles = {p["title"] for p in dashboard["panels"]}
         for title in (
             "Cycle outcomes",
-            "Seconds behind",
+            "Lag",
+            "API and Kafka connected",
             "Events published by type",
             "API errors",
             "Dead letters by reason",
         ):
             assert title in titles
 
-    def test_panels_use_the_provisioned_datasource(self, dashboard: dict[str, Any]) -> None:
-        """Every panel and query refers to the datasource uid that provisioning creates."""
+    def test_panels_use_the_datasource_variable(self, dashboard: dict[str, Any]) -> None:
+        """Every panel and query uses the $datasource variable, which picks a Prometheus one."""
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
         provisioned = yaml.safe_load(DATASOURCES.read_text(encoding="utf-8"))["datasources"][0]
+        assert provisioned["type"] == "prometheus" and provisioned["isDefault"] is True
         for panel in dashboard["panels"]:
-            assert panel["datasource"] == {"type": "prometheus", "uid": provisioned["uid"]}
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == provisioned["uid"]
+                assert target["datasource"]["uid"] == "${datasource}"
         ids = [p["id"] for p in dashboard["panels"]]
         assert len(ids) == len(set(ids))
         assert dashboard["uid"] == "waiqin-poller"

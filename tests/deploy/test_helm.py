@@ -19,7 +19,9 @@ from tests.deploy.conftest import CHART
 Rendered = dict[str, list[dict[str, Any]]]
 """Value-set name -> its rendered manifests."""
 
-CREDENTIALS = {"waiqin": {"openid": "ent-openid", "appkey": "appkey-from-values"}}
+IMAGE = {"repository": "registry.example.com/integrations/waiqin-poller"}
+CREDENTIALS = {"image": IMAGE, "waiqin": {"openid": "ent-openid", "appkey": "appkey-from-values"}}
+DIGEST = "sha256:" + "ab" * 32
 POSTGRES_URL = "postgresql://poller:pw@db.example:5432/poller"
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": CREDENTIALS,
@@ -38,6 +40,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "config": {"extraEnv": {"WAIQIN_RATE_LIMIT_PER_SECOND": "3"}},
     },
     "existing-secret": {
+        "image": IMAGE,
         "waiqin": {"openid": "ent-openid", "baseUrl": "https://openapi.qince.com/"},
         "existingSecret": "poller-credentials",
         "kafka": {
@@ -46,6 +49,22 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "no-persistence": {**CREDENTIALS, "persistence": {"enabled": False}},
+    "extras": {
+        **CREDENTIALS,
+        "image": {**IMAGE, "digest": DIGEST},
+        "replicaCount": 2,
+        "store": {"postgresql": {"enabled": True, "url": POSTGRES_URL}},
+        "podAnnotations": {"example.com/team": "integrations"},
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"},
+                     {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "extraEnvFrom": [{"secretRef": {"name": "proxy-credentials"}}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
+        "sidecars": [{"name": "shipper", "image": "registry.example.com/shipper:1.0"}],
+        "initContainers": [{"name": "wait", "image": "registry.example.com/wait:1.0"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+    },
 }
 # Custom resources of the Prometheus Operator: not in the Kubernetes schemas, checked by hand.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -81,18 +100,29 @@ def _one(manifests: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
+def _config(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings ConfigMap (not the Grafana dashboard's)."""
+    (found,) = [m for m in manifests if m["kind"] == "ConfigMap" and not m["metadata"]["name"].endswith("-dashboard")]
+    return found
+
+
+def _pod(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    return _one(manifests, "Deployment")["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
 def _container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = _one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return container  # type: ignore[no-any-return]
+    (container,) = [c for c in _pod(manifests)["containers"] if c["name"] == "poller"]
+    return container
 
 
 def _env_refs(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in _container(manifests)["env"]}
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in _container(manifests)["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
 
 
 def _pod_env(manifests: list[dict[str, Any]], secret: dict[str, str]) -> dict[str, str]:
     """The environment the pod would see: the ConfigMap plus the referenced Secret keys."""
-    env = dict(_one(manifests, "ConfigMap")["data"])
+    env = dict(_config(manifests)["data"])
     for name, ref in _env_refs(manifests).items():
         if ref["key"] in secret:
             env[name] = secret[ref["key"]]
@@ -141,7 +171,7 @@ class TestLintAndSchemas:
     def test_expected_resources(self, rendered: Rendered) -> None:
         """Each value set yields the resources it asks for, and nothing more."""
         kinds = {name: sorted(m["kind"] for m in docs) for name, docs in rendered.items()}
-        base = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
+        base = ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
         assert kinds["default"] == sorted([*base, "PersistentVolumeClaim", "Secret"])
         assert kinds["ha"] == sorted([*base, "PrometheusRule", "Secret", "ServiceMonitor"])
         assert kinds["existing-secret"] == sorted([*base, "PersistentVolumeClaim"])
@@ -160,7 +190,7 @@ class TestDeployment:
         assert volumes["state"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
         mounts = {m["name"]: m["mountPath"] for m in _container(manifests)["volumeMounts"]}
         assert mounts["state"] == "/var/lib/waiqin-poller"
-        config = _one(manifests, "ConfigMap")["data"]
+        config = _config(manifests)["data"]
         assert config["POLLER_STORE_URL"] == "sqlite:////var/lib/waiqin-poller/state.db"
 
     def test_postgresql_allows_replicas_with_rolling_update(self, rendered: Rendered) -> None:
@@ -170,7 +200,7 @@ class TestDeployment:
         assert spec["replicas"] == 3
         assert spec["strategy"]["type"] == "RollingUpdate"
         assert "state" not in {v["name"] for v in spec["template"]["spec"]["volumes"]}
-        assert "POLLER_STORE_URL" not in _one(manifests, "ConfigMap")["data"]
+        assert "POLLER_STORE_URL" not in _config(manifests)["data"]
         assert _env_refs(manifests)["POLLER_STORE_URL"]["key"] == "POLLER_STORE_URL"
         assert _secret_data(manifests)["POLLER_STORE_URL"] == POSTGRES_URL
         assert _one(manifests, "PodDisruptionBudget")["spec"] == {
@@ -206,7 +236,7 @@ class TestDeployment:
         (port,) = container["ports"]
         assert port["name"] == "http"
         assert (
-            str(port["containerPort"]) == _one(manifests, "ConfigMap")["data"]["POLLER_HTTP_PORT"]
+            str(port["containerPort"]) == _config(manifests)["data"]["POLLER_HTTP_PORT"]
         )
         (service_port,) = _one(manifests, "Service")["spec"]["ports"]
         assert service_port["targetPort"] == "http"
@@ -219,7 +249,7 @@ class TestDeployment:
     ) -> None:
         """terminationGracePeriodSeconds (30) exceeds POLLER_SHUTDOWN_GRACE_SECONDS (20)."""
         pod = _one(rendered[name], "Deployment")["spec"]["template"]["spec"]
-        grace = float(_one(rendered[name], "ConfigMap")["data"]["POLLER_SHUTDOWN_GRACE_SECONDS"])
+        grace = float(_config(rendered[name])["data"]["POLLER_SHUTDOWN_GRACE_SECONDS"])
         assert pod["terminationGracePeriodSeconds"] == 30
         assert grace == 20
         assert pod["terminationGracePeriodSeconds"] > grace
@@ -237,7 +267,7 @@ class TestSettingsAndSecrets:
         data = _secret_data(manifests)
         assert data["WAIQIN_APPKEY"] == "appkey-from-values"
         assert data["KAFKA_SASL_PASSWORD"] == "sasl-pw"
-        config_text = json.dumps(_one(manifests, "ConfigMap"))
+        config_text = json.dumps(_config(manifests))
         for value in ("appkey-from-values", "sasl-pw", "pw@db"):
             assert value not in config_text
 
@@ -275,7 +305,7 @@ class TestSettingsAndSecrets:
         """KAFKA_SSL_CAFILE names a file inside the mounted TLS Secret."""
         manifests = rendered["ha"]
         mounts = {m["name"]: m["mountPath"] for m in _container(manifests)["volumeMounts"]}
-        cafile = _one(manifests, "ConfigMap")["data"]["KAFKA_SSL_CAFILE"]
+        cafile = _config(manifests)["data"]["KAFKA_SSL_CAFILE"]
         assert cafile == f"{mounts['kafka-tls']}/ca.crt"
 
 
@@ -283,17 +313,19 @@ class TestGuards:
     @pytest.mark.parametrize(
         ("values", "message"),
         [
-            ({**CREDENTIALS, "replicaCount": 2}, "replicaCount"),
+            ({**CREDENTIALS, "replicaCount": 2},
+             r"^(?!.*maximum).*replicaCount > 1 needs store.postgresql.enabled=true: the SQLite store"),
+            ({"waiqin": {"openid": "o", "appkey": "k"}}, "image.repository is required"),
             (
                 {**CREDENTIALS, "config": {"shutdownGraceSeconds": 30}},
                 "terminationGracePeriodSeconds",
             ),
-            ({"waiqin": {"appkey": "k"}}, "waiqin.openid is required"),
-            ({"waiqin": {"openid": "o"}}, "waiqin.appkey is required"),
+            ({"image": IMAGE, "waiqin": {"appkey": "k"}}, "waiqin.openid is required"),
+            ({"image": IMAGE, "waiqin": {"openid": "o"}}, "waiqin.appkey is required"),
             ({**CREDENTIALS, "store": {"postgresql": {"enabled": True}}}, "store.postgresql.url"),
             ({**CREDENTIALS, "kafka": {"securityProtocol": "SASL_SSL"}}, "kafka.sasl"),
         ],
-        ids=["sqlite-replicas", "grace", "openid", "appkey", "postgres-url", "sasl"],
+        ids=["sqlite-replicas", "image", "grace", "openid", "appkey", "postgres-url", "sasl"],
     )
     def test_broken_values_are_refused(
         self, chart: helm.Chart, values: dict[str, Any], message: str
@@ -328,3 +360,71 @@ class TestMonitoringResources:
             assert alert["alert"].startswith("WaiqinPoller") and alert["expr"]
             assert alert["labels"]["severity"] in ("warning", "critical")
             assert alert["annotations"]["summary"]
+
+
+class TestPlacementAndEscapeHatches:
+    def test_default_soft_anti_affinity(self, rendered: Rendered) -> None:
+        """By default replicas prefer different nodes, selected by this release's labels."""
+        manifests = rendered["ha"]
+        (term,) = _pod(manifests)["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        selector = _one(manifests, "Deployment")["spec"]["selector"]["matchLabels"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+
+    @pytest.mark.parametrize(("values", "expected"), [
+        ({"podAntiAffinity": "hard"}, "requiredDuringSchedulingIgnoredDuringExecution"),
+        ({"podAntiAffinity": "none"}, None),
+        ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["a"]}]}]}}}},
+         "nodeAffinity"),
+    ], ids=["hard", "none", "own-affinity"])
+    def test_affinity_choices(self, chart: helm.Chart, values: dict[str, Any], expected: str | None) -> None:
+        """podAntiAffinity hard requires spreading, none drops it, an own affinity replaces it."""
+        pod = _pod(_render(chart, {**CREDENTIALS, **values}))
+        if expected is None:
+            assert "affinity" not in pod
+        else:
+            assert expected in yaml.safe_dump(pod["affinity"])
+            if expected == "nodeAffinity":
+                assert "podAntiAffinity" not in pod["affinity"]
+
+    def test_topology_spread_counts_own_pods(self, rendered: Rendered) -> None:
+        """A spread constraint without a labelSelector gets this release's selector."""
+        manifests = rendered["extras"]
+        (constraint,) = _pod(manifests)["topologySpreadConstraints"]
+        selector = _one(manifests, "Deployment")["spec"]["selector"]["matchLabels"]
+        assert constraint["labelSelector"]["matchLabels"] == selector
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+
+    def test_escape_hatches_reach_the_pod(self, rendered: Rendered) -> None:
+        """extraEnv, extraEnvFrom, extraVolumes/Mounts, sidecars, initContainers, podAnnotations, digest."""
+        manifests = rendered["extras"]
+        pod, container = _pod(manifests), _container(manifests)
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HTTPS_PROXY"]["value"] == "http://proxy.example:3128"
+        assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+        assert {"secretRef": {"name": "proxy-credentials"}} in container["envFrom"]
+        assert {"name": "ca", "configMap": {"name": "corporate-ca"}} in pod["volumes"]
+        assert {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True} in container["volumeMounts"]
+        assert [c["name"] for c in pod["containers"]] == ["poller", "shipper"]
+        assert [c["name"] for c in pod["initContainers"]] == ["wait"]
+        annotations = _one(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["example.com/team"] == "integrations"
+        assert container["image"] == f"{IMAGE['repository']}@{DIGEST}"
+
+    def test_tag_defaults_to_the_app_version(self, rendered: Rendered) -> None:
+        """Without a digest the image is repository:appVersion."""
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+        assert _container(rendered["default"])["image"] == f"{IMAGE['repository']}:{chart['appVersion']}"
+
+
+class TestGrafanaDashboard:
+    def test_dashboard_configmap_for_the_sidecar(self, rendered: Rendered) -> None:
+        """The dashboard ships as a ConfigMap with the sidecar label, holding the file as is."""
+        (dashboard,) = [m for m in rendered["default"]
+                        if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("-dashboard")]
+        assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+        shipped = json.loads(dashboard["data"]["waiqin-poller.json"])
+        assert shipped == json.loads((CHART / "dashboards" / "waiqin-poller.json").read_text(encoding="utf-8"))
+        variables = {v["name"] for v in shipped["templating"]["list"]}
+        assert {"datasource", "namespace", "job"} <= variables

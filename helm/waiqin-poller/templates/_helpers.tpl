@@ -47,8 +47,13 @@ app.kubernetes.io/component: poller
 {{- default (include "waiqin-poller.fullname" .) .Values.existingSecret }}
 {{- end }}
 
+{{/* repository@digest when a digest is given (immutable), else repository:tag. */}}
 {{- define "waiqin-poller.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/* True (non-empty) when the Kafka client authenticates with SASL. */}}
@@ -66,6 +71,9 @@ Refuse value combinations that would start a broken or unsafe release, with one 
 */}}
 {{- define "waiqin-poller.validate" -}}
 {{- $pg := .Values.store.postgresql.enabled }}
+{{- if not .Values.image.repository }}
+{{- fail "image.repository is required: no public image is published; build the Dockerfile, push it to your registry and name it here (docs/operations.md, \"Deploy with Helm\")" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not $pg) }}
 {{- fail "replicaCount > 1 needs store.postgresql.enabled=true: the SQLite store is a single file on a ReadWriteOnce volume and allows one poller only" }}
 {{- end }}
