@@ -20,12 +20,14 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY poller ./poller
-# A regular (non-editable) install: the runtime stage has no /src. pip compiles the .pyc files
-# here, because the runtime root filesystem is read-only in Kubernetes.
-RUN pip install --upgrade pip setuptools wheel \
- && pip install . \
+# Reproducible: every dependency (and the build backend) at the version and hashes of
+# requirements.lock, then the project itself without resolving anything. A regular
+# (non-editable) install: the runtime stage has no /src. pip compiles the .pyc files here,
+# because the runtime root filesystem is read-only in Kubernetes.
+RUN pip install --require-hashes --no-deps -r requirements.lock \
+ && pip install --no-deps --no-build-isolation . \
  && pip uninstall --yes pip setuptools wheel
 
 # ---- runtime: the venv, a non-root user and one writable directory ----------------------------

@@ -213,3 +213,13 @@ class TestMonitoringWiring:
         )
         path = providers["providers"][0]["options"]["path"]
         assert (ROOT / mounts[path] / "waiqin-poller.json").is_file()
+
+
+class TestReproducible:
+    def test_third_party_images_are_pinned_by_digest(self, services: dict[str, dict[str, Any]]) -> None:
+        """Every image not built here is pinned as tag@sha256:<64 hex>, so each pull is the same."""
+        pinned = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")
+        for name, service in services.items():
+            if "build" in service:
+                continue
+            assert pinned.match(service["image"]), (name, service["image"])

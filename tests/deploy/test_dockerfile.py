@@ -66,6 +66,15 @@ class TestStages:
             assert "pip" not in words and "apt-get" not in words, run.value
             assert not set(words) & set(BUILD_TOOLS), run.value
 
+    def test_builder_installs_the_lock(self, stages: list[Stage]) -> None:
+        """The builder installs requirements.lock with hashes, then the project resolving nothing."""
+        copies = " ".join(c.value for c in stages[0].all("COPY"))
+        assert "requirements.lock" in copies
+        runs = " ".join(r.value for r in stages[0].all("RUN"))
+        assert "pip install --require-hashes --no-deps -r requirements.lock" in runs
+        assert "pip install --no-deps --no-build-isolation ." in runs
+        assert "--upgrade" not in runs
+
     def test_builder_drops_pip_from_the_venv(self, stages: list[Stage]) -> None:
         """The venv that reaches the runtime carries no installer."""
         runs = " ".join(r.value for r in stages[0].all("RUN"))
