@@ -1,4 +1,4 @@
-"""Settings: the only reader of the environment, with the variable names of DESIGN.md §6."""
+"""Settings: the only reader of the environment, with the variable names of docs/design.md §6."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class WaiqinSettings(_Group):
     base_url: str = DEFAULT_BASE_URL
     openid: str
     appkey: SecretStr
-    # Not in DESIGN.md §6; tuning knobs with safe defaults (documented in docs/configuration.md).
+    # Not in docs/design.md §6; tuning knobs with safe defaults (documented in docs/operations.md, "Configure").
     request_timeout_s: float = Field(30.0, gt=0, validation_alias=AliasChoices("WAIQIN_REQUEST_TIMEOUT_SECONDS"))
     rate_limit_per_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("WAIQIN_RATE_LIMIT_PER_SECOND"))
     max_attempts: int = Field(5, ge=1, validation_alias=AliasChoices("WAIQIN_MAX_ATTEMPTS"))

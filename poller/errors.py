@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-# Every auth failure names the three causes the Waiqin365 console controls (DESIGN.md §2).
+# Every auth failure names the three causes the Waiqin365 console controls (docs/design.md §2).
 AUTH_CAUSES = (
     "check (1) the WAIQIN_OPENID/WAIQIN_APPKEY pair, "
     "(2) the caller IP allow-list of this openid (this host's egress IP must be on it), "

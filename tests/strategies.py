@@ -10,7 +10,7 @@
 - `json_payloads()`: an event-like JSON object (nested objects and arrays, numbers, short
   texts and long ones of Chinese, emoji, quotes and control characters), for cutting to size.
 - `mutation_steps(raw)`: one step of a task's life (a non-empty set of changes, always with a
-  new modify_time) with the event types DESIGN.md §4 expects from it, in table order.
+  new modify_time) with the event types docs/design.md §4 expects from it, in table order.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ MUTATIONS = ("content", "reassign", "deadline", "feedback", "task_status", "stat
 
 @st.composite
 def mutation_steps(draw: st.DrawFn, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The next state of `raw` and the event types expected, in DESIGN.md §4 table order.
+    """The next state of `raw` and the event types expected, in docs/design.md §4 table order.
 
     An empty kind set is a "touch" (modify_time alone): no events.
     """

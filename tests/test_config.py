@@ -1,4 +1,4 @@
-"""Settings: exactly the variables of DESIGN.md §6, validated, failing with one clear line."""
+"""Settings: exactly the variables of docs/design.md §6, validated, failing with one clear line."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def load(**env: str) -> Settings:
 
 class TestDefaults:
     def test_defaults_are_the_design_table(self) -> None:
-        """Only the credentials are required; every default is DESIGN.md §6's."""
+        """Only the credentials are required; every default is docs/design.md §6's."""
         s = load()
         assert s.waiqin.base_url == "https://openapi.waiqin365.com"
         assert s.kafka.bootstrap_servers == "localhost:9092" and s.kafka.enable_idempotence

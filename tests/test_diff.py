@@ -1,4 +1,4 @@
-"""Tests for poller.diff: the DESIGN.md §4 event table, one case per row, plus properties."""
+"""Tests for poller.diff: the docs/design.md §4 event table, one case per row, plus properties."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def counter(metric: Any, **labels: str) -> float:
 
 class TestEncode:
     def test_headers(self) -> None:
-        """A task event carries exactly the CloudEvents binary-mode headers of DESIGN.md §4."""
+        """A task event carries exactly the CloudEvents binary-mode headers of docs/design.md §4."""
         event = created_events()[0]
         record = events.encode(event, source=SOURCE)
         assert record.topic == "tasks"

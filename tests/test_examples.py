@@ -51,7 +51,7 @@ class TestCatalogue:
         assert committed == catalogue.render(), "run: python docs/gen_event_catalogue.py"
 
     def test_every_event_type_has_a_decodable_example(self) -> None:
-        """Each event type of DESIGN.md §4 has one example that decodes to its own model."""
+        """Each event type of docs/design.md §4 has one example that decodes to its own model."""
         records = _records()
         names = [cls.__name__ for cls in events.TASK_EVENTS] + ["TaskTypeChanged", "DeadLetter"]
         assert list(records) == names

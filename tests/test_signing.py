@@ -1,4 +1,4 @@
-"""Tests for poller.signing: the Beijing timestamp and the md5 digest of DESIGN.md §2."""
+"""Tests for poller.signing: the Beijing timestamp and the md5 digest of docs/design.md §2."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def asyncapi() -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of the three topics (DESIGN.md §4)."""
+    """The AsyncAPI 3.0 document of the three topics (docs/design.md §4)."""
     task_names = [model.__name__ for model in events.TASK_EVENTS]
     messages = {name: _message(name, "task_id") for name in task_names}
     messages["TaskTypeChanged"] = _message("TaskTypeChanged", "type_id", sequence=False)

@@ -1,4 +1,4 @@
-"""The daemon as a subprocess, configured only through the environment of DESIGN.md §6."""
+"""The daemon as a subprocess, configured only through the environment of docs/design.md §6."""
 
 from __future__ import annotations
 
