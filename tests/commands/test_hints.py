@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from poller.commands.hints import kafka_cause, network_cause
+from poller.commands.hints import for_error, kafka_cause, network_cause
 from poller.config import Settings
-from poller.errors import PublishRejected, SourceUnavailable
+from poller.errors import ConfigError, PublishRejected, PublishUnavailable, SourceUnavailable, StoreUnavailable
 
 
 def caused_by(cause: BaseException) -> SourceUnavailable:
@@ -40,3 +40,24 @@ class TestKafkaCause:
         settings = Settings.load({"WAIQIN_OPENID": "o", "WAIQIN_APPKEY": "k"})
         error = PublishRejected("cannot start the Kafka producer: UnknownError: [Error -1]")
         assert "KAFKA_ENABLE_IDEMPOTENCE=false" in kafka_cause(error, settings)
+
+
+class TestForError:
+    def test_store_hint_hides_the_password(self) -> None:
+        """A store outage names the store without its password."""
+        settings = Settings.load({"WAIQIN_OPENID": "o", "WAIQIN_APPKEY": "k1k2k3",
+                                  "POLLER_STORE_URL": "postgresql://u:pw-77@db/p"})
+        hint = for_error(StoreUnavailable("down"), settings) or ""
+        assert "postgresql://u:***@db/p" in hint and "pw-77" not in hint
+
+    def test_kafka_unreachable_names_the_servers(self) -> None:
+        """A broker that does not answer is named with the setting to check."""
+        settings = Settings.load({"WAIQIN_OPENID": "o", "WAIQIN_APPKEY": "k1k2k3",
+                                  "KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9092"})
+        assert "KAFKA_BOOTSTRAP_SERVERS=kafka-1:9092" in (for_error(PublishUnavailable("x"), settings) or "")
+
+    def test_no_guess_without_settings_or_for_config(self) -> None:
+        """Without settings, or for a configuration error, there is nothing to add."""
+        settings = Settings.load({"WAIQIN_OPENID": "o", "WAIQIN_APPKEY": "k1k2k3"})
+        assert for_error(StoreUnavailable("down"), None) is None
+        assert for_error(ConfigError("bad"), settings) is None

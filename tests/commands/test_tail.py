@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from poller.commands.tail import KNOWN_TYPES, receivers_words, status_words
+import orjson
+
+from poller.commands.tail import KNOWN_TYPES, describe, receivers_words, status_words
 from poller.models import Receiver
 
 
@@ -22,3 +24,41 @@ class TestWords:
     def test_known_types_cover_dead_letters_and_every_task_event(self) -> None:
         """--type accepts every task event and DeadLetter."""
         assert {"TaskCreated", "TaskAccepted", "FeedbackAdded", "DeadLetter"} <= set(KNOWN_TYPES)
+
+
+class FakeRecord:
+    """A consumer record as aiokafka hands it over: headers and a value."""
+
+    def __init__(self, headers: tuple[tuple[str, bytes], ...], value: bytes | None) -> None:
+        self.headers = headers
+        self.value = value
+
+
+class TestDescribe:
+    def test_status_change_line(self) -> None:
+        """A status event reads with its time, type, task, sequence and the statuses in words."""
+        record = FakeRecord((("ce_type", b"TaskAccepted"), ("ce_subject", b"t-1"), ("ce_sequence", b"3"),
+                             ("ce_time", b"2026-01-02T10:00:00+08:00")), _status_event())
+        line = describe(record) or ""
+        assert line.startswith("2026-01-02T10:00:00+08:00")
+        assert "TaskAccepted" in line and "t-1" in line and "seq=3" in line
+        assert "feedback given → accepted" in line
+
+    def test_filters(self) -> None:
+        """--type and --task leave other events out."""
+        record = FakeRecord((("ce_type", b"TaskAccepted"), ("ce_subject", b"t-1")), _status_event())
+        assert describe(record, types={"TaskCreated"}) is None
+        assert describe(record, task_ids={"t-2"}) is None
+
+    def test_dead_letter_line(self) -> None:
+        """A dead letter reads with its key and reason."""
+        record = FakeRecord((("ce_type", b"DeadLetter"),), b'{"reason": "record has no task_id"}')
+        assert "reason=record has no task_id" in (describe(record) or "")
+
+
+def _status_event() -> bytes:
+    return orjson.dumps({
+        "id": "e1", "type": "TaskAccepted", "task_id": "t-1", "modify_time": "2026-01-02T10:00:00+08:00",
+        "observed_at": "2026-01-02T10:00:05+08:00", "sequence": 3, "from": 1, "to": 2,
+        "task": {"task_id": "t-1"},
+    })
