@@ -102,11 +102,12 @@ class Poller:
         self._clock = clock
         self._stop = asyncio.Event()
         self._last_success: datetime | None = None
+        self._is_leading = False
         self._cycle_number = 0
         self._outbox = Outbox(store, publisher)
         self.types = TaskTypeCatalog(client, store, self._outbox, refresh_s=settings.type_refresh_s,
                                      source=source, clock=clock, max_message_bytes=max_message_bytes)
-        metrics.SECONDS_BEHIND.set_function(self._seconds_behind)
+        metrics.LAG.set_function(self._lag_s)
 
     def stop(self) -> None:
         """Ask the loop to finish its current cycle and return."""
@@ -139,6 +140,7 @@ class Poller:
         if not await lease.acquire(self._stop):
             return
         self._health.set_standby(False)
+        self._is_leading = True
         metrics.IS_LEADER.set(1)
         self.types.reset()  # another leader may have changed the stored types meanwhile
         try:
@@ -156,6 +158,7 @@ class Poller:
                     delay = self._settings.poll_interval_s - (time.monotonic() - started)
                 await self._wait(delay)
         finally:
+            self._is_leading = False
             metrics.IS_LEADER.set(0)
 
     async def _wait(self, delay: float) -> None:
@@ -213,7 +216,10 @@ class Poller:
             if state.baseline_complete:
                 stats, state = await self._steady_cycle(state, started, lease)
             else:
+                metrics.FIRST_RUN_ACTIVE.set(1)
                 stats, state = await self._first_run_cycle(state, started, lease)
+            metrics.FIRST_RUN_ACTIVE.set(0 if state.baseline_complete else 1)
+            metrics.FIRST_RUN_PROGRESS.set(1 if state.baseline_complete else 0)
             await self._store.commit(Commit(state=state), lease)
         self._last_success = started
         metrics.CYCLES.labels("success").inc()
@@ -313,9 +319,10 @@ class Poller:
     def _lookback(self) -> timedelta:
         return timedelta(minutes=self._settings.lookback_minutes)
 
-    def _seconds_behind(self) -> float:
-        if self._last_success is None:
-            return 0.0
+    def _lag_s(self) -> float | None:
+        """How stale the stream may be: absent while unknown (no success yet, or a standby)."""
+        if self._last_success is None or not self._is_leading:
+            return None
         return max(0.0, (self._clock() - self._last_success).total_seconds())
 
 

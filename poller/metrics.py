@@ -153,8 +153,6 @@ LAG = OptionalGauge(
     "Now minus the start of the last fully committed cycle: how stale the stream may be "
     "(absent while unknown).",
 )
-# The loop still sets the lag under its earlier name.
-SECONDS_BEHIND = LAG
 FIRST_RUN_ACTIVE = Gauge(
     "waiqin_poller_first_run_active", "1 while the first run (history baseline or replay) is in progress.",
 )

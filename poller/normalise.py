@@ -1,4 +1,4 @@
-"""Pure: a raw Waiqin365 record -> its canonical JSON document and content hash (DESIGN.md §3).
+"""Pure: a raw Waiqin365 record -> its canonical JSON document and content hash (docs/design.md §3).
 
 The unchanged path (normalise + hash + a string compare) runs for every task of every page, so
 `task()` is plain dict/str work with fast paths; pydantic is only paid in `to_task()`, i.e. by

@@ -1,6 +1,6 @@
 """Publishing records to Kafka: the Publisher protocol, the aiokafka adapter and an in-memory fake.
 
-Delivery contract (DESIGN.md §5): `publish` returns only after the brokers acknowledged every
+Delivery contract (docs/design.md §5): `publish` returns only after the brokers acknowledged every
 record with acks=all. When it raises, some records may already be stored ("maybe sent"): a
 record handed to the producer cannot be taken back, neither by an error nor by cancellation,
 and may still be delivered later. The caller republishes the same records; event ids are

@@ -226,7 +226,7 @@ class TestHttpAndLifecycle:
             _, text = await daemon.get("/metrics")
             for name in ("waiqin_poller_cycles_total", "waiqin_poller_cycle_duration_seconds",
                          "waiqin_poller_api_requests_total", "waiqin_poller_tasks_fetched_total",
-                         "waiqin_poller_seconds_behind", "waiqin_poller_store_tasks",
+                         "waiqin_poller_lag_seconds", "waiqin_poller_store_tasks",
                          "waiqin_poller_last_success_timestamp_seconds"):
                 assert name in text
             assert await daemon.metric("waiqin_poller_store_tasks") == 60
