@@ -66,7 +66,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
     publisher = KafkaPublisher(settings.kafka, settings.topics)
     client = WaiqinClient(settings.waiqin)
     poller = Poller(poll, client=client, store=store, publisher=publisher, health=health,
-                    source=event_source(settings), max_message_bytes=settings.kafka.max_message_bytes)
+                    source=event_source(settings), max_message_bytes=settings.kafka.max_message_bytes,
+                    state_topic=settings.topics.state_enabled)
     async with AsyncExitStack() as stack:
         server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping],
                               redactor=redactor or Redactor.from_settings(settings))

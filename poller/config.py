@@ -139,10 +139,16 @@ class TopicSettings(_Group):
     prefix: str = Field("waiqin365", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(6, ge=1)
     replication_factor: int = Field(1, ge=1)
+    # The compacted current-state topic (docs/design.md §4), on unless POLLER_STATE_TOPIC=false.
+    state_enabled: bool = Field(True, validation_alias=AliasChoices("POLLER_STATE_TOPIC"))
 
     @property
     def tasks(self) -> str:
         return f"{self.prefix}.tasks"
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}.tasks.state"
 
     @property
     def task_types(self) -> str:

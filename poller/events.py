@@ -248,6 +248,31 @@ def encode(
     return OutboundRecord(topic=topic, key=key, value=value, headers=headers)
 
 
+STATE_TYPE = "TaskState"  # ce_type of the current-state topic's records
+
+
+def state_record(event: TaskEvent, *, source: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+                 ) -> OutboundRecord:
+    """The current-state record that follows an observation's events (`event` is one of them):
+    key task_id, value the full task after the change (the same object as the event's `task`),
+    `ce_type=TaskState` and the observation's ce_sequence."""
+    happened = _rfc3339(event.modify_time) if event.modify_time else _rfc3339(event.observed_at)
+    key = event.task_id.encode()
+    headers = _headers(event_id(event.task_id, STATE_TYPE, event.sequence, ""), source, STATE_TYPE,
+                       event.task_id, happened, _rfc3339(event.observed_at), sequence=event.sequence)
+    room = max_bytes - _framing(key, headers)
+    value = event.task.__pydantic_serializer__.to_json(event.task)
+    if len(value) > room or truncate.too_deep(value):
+        try:
+            value = truncate.fit(orjson.loads(value), room).body
+        except truncate.DoesNotFitError as exc:
+            raise NormaliseError(f"the state of {event.task_id} exceeds KAFKA_MAX_MESSAGE_BYTES="
+                                 f"{max_bytes} even cut: {exc}", task_id=event.task_id,
+                                 kind="too_large") from exc
+        EVENTS_TRUNCATED.labels(type=STATE_TYPE).inc()
+    return OutboundRecord(topic="state", key=key, value=value, headers=headers)
+
+
 def record_size(record: OutboundRecord) -> int:
     """What a record counts against KAFKA_MAX_MESSAGE_BYTES: key, value, headers and overhead."""
     return _framing(record.key or b"", record.headers) + len(record.value or b"")

@@ -92,9 +92,10 @@ class Poller:
     def __init__(self, settings: PollSettings, *, client: TaskSource, store: SnapshotStore,
                  publisher: Publisher, health: HealthState, source: str,
                  clock: Callable[[], datetime] = beijing_now,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, state_topic: bool = True) -> None:
         self._settings = settings
         self._max_message_bytes = max_message_bytes
+        self._state_topic = state_topic
         self._client = client
         self._store = store
         self._health = health
@@ -273,6 +274,7 @@ class Poller:
                 self._health.beat()
                 context = plan.PageContext(self._source, page.window, page.number,
                                            max_message_bytes=self._max_message_bytes,
+                                           state_topic=self._state_topic,
                                            silent_new=silent_new, previous_scan=previous_scan)
                 structlog.contextvars.bind_contextvars(page=page.number, **page.window.describe())
                 try:

@@ -185,7 +185,7 @@ class Window:
         }
 
 
-TopicKind = Literal["tasks", "task-types", "dead-letter"]
+TopicKind = Literal["tasks", "state", "task-types", "dead-letter"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ class PageContext:
     window: Window
     page: int
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # no record is larger (KAFKA_MAX_MESSAGE_BYTES)
+    state_topic: bool = True  # a current-state record follows each observation's events
     silent_new: bool = False  # baseline: record unseen tasks without events
     previous_scan: datetime | None = None  # start of the last complete scan, to spot healed skips
 
@@ -165,10 +166,8 @@ def observe(received: Received, stored: Mapping[str, StoredHashes]) -> Observed:
     for raw, task_id, rendering in zip(received.records, received.task_ids, received.hashes,
                                        strict=True):
         known = stored.get(task_id) if task_id is not None else None
-        if task_id is not None and (tasks or renderings):  # on one page the last rendering wins
-            tasks.pop(task_id, None)
-            renderings.pop(task_id, None)
         if known is not None and known.received == rendering:
+            _forget(task_id, tasks, renderings)  # on one page the last readable rendering wins
             unchanged += 1
             continue
         try:
@@ -176,12 +175,19 @@ def observe(received: Received, stored: Mapping[str, StoredHashes]) -> Observed:
         except Exception as exc:  # one record never stops the page
             rejects.append(_reject(raw, task_id, exc))
             continue
+        _forget(task.task_id, tasks, renderings)
         if known is not None and known.hash == task.hash:
             unchanged += 1
             renderings[task.task_id] = rendering
         else:
             tasks[task.task_id] = Seen(task, rendering, raw)
     return Observed(tasks, rejects, list(renderings.items()), unchanged)
+
+
+def _forget(task_id: str | None, tasks: dict[str, Seen], renderings: dict[str, int]) -> None:
+    if task_id is not None and (tasks or renderings):
+        tasks.pop(task_id, None)
+        renderings.pop(task_id, None)
 
 
 def plan_page(observed: Observed, known: Known, *, received: Received, seen_in_scan: AbstractSet[str],
@@ -194,14 +200,14 @@ def plan_page(observed: Observed, known: Known, *, received: Received, seen_in_s
     for task_id, seen in observed.tasks.items():
         before = known.snapshots.get(task_id)
         try:
-            snapshot, encoded = _observe_task(seen, before, known, ctx, now)
+            snapshot, encoded, told = _observe_task(seen, before, known, ctx, now)
         except Exception as exc:  # a diff or encoding bug dead-letters one record
             rejects.append(_reject(seen.raw, task_id, exc))
             continue
         snapshots.append(snapshot)
-        if encoded:
+        if told:
             changed += 1
-            events_count += len(encoded)
+            events_count += told
             records.extend(encoded)
             healed += _was_skipped(before, seen.task, ctx.previous_scan)
     marks, dead, kinds = _dead_letters(rejects, known.dead_lettered, ctx, now)
@@ -235,7 +241,9 @@ def count_repeats(task_ids: Sequence[str], seen_in_scan: AbstractSet[str]) -> in
 
 
 def _observe_task(seen: Seen, before: Snapshot | None, known: Known, ctx: PageContext,
-                  now: datetime) -> tuple[Snapshot, list[OutboundRecord]]:
+                  now: datetime) -> tuple[Snapshot, list[OutboundRecord], int]:
+    """The snapshot to store, the records to send (events, then the state record) and the
+    number of events."""
     task = seen.task
     observation = diff.observe(
         before, task, observed_at=now,
@@ -245,8 +253,12 @@ def _observe_task(seen: Seen, before: Snapshot | None, known: Known, ctx: PageCo
     snapshot = observation.snapshot(task, seen.received)
     # Only tasks whose hash differs are observed here, so there is always something to store.
     assert snapshot is not None, "a differing task always has a snapshot to store"
-    return snapshot, [events.encode(event, source=ctx.source, max_bytes=ctx.max_message_bytes)
-                      for event in observation.events]
+    records = [events.encode(event, source=ctx.source, max_bytes=ctx.max_message_bytes)
+               for event in observation.events]
+    if records and ctx.state_topic:
+        records.append(events.state_record(observation.events[0], source=ctx.source,
+                                           max_bytes=ctx.max_message_bytes))
+    return snapshot, records, len(observation.events)
 
 
 def _reject(raw: Any, task_id: str | None, exc: Exception) -> Reject:

@@ -58,6 +58,9 @@ CAUGHT_ERRORS: tuple[type[BaseException], ...] = (kafka_errors.KafkaError, *UNAV
 # Per-partition batch size; stays below the broker's default message.max.bytes (1 MiB), and
 # never above KAFKA_MAX_MESSAGE_BYTES, which a broker may also enforce on a whole batch.
 MAX_BATCH_BYTES = 512 * 1024
+# Topic settings by name suffix: the current-state topic keeps the last record per task_id
+# (and drops a task's key once its tombstone has been compacted).
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {".tasks.state": {"cleanup.policy": "compact"}}
 # CreateTopics answers a topic created concurrently (another replica, auto-create) with this.
 TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 
@@ -128,6 +131,8 @@ class KafkaPublisher:
             "task-types": topics.task_types,
             "dead-letter": topics.dead_letter,
         }
+        if topics.state_enabled:
+            self._names["state"] = topics.state
         self._producer: AIOKafkaProducer | None = None
         # Set after a failed publish: the next one first re-creates missing topics. A broker
         # that lost its topics (Tansu is memory-only; an operator may delete one) would
@@ -251,7 +256,8 @@ class KafkaPublisher:
             missing = [name for name in self._names.values() if name not in existing]
             if missing:
                 response = await admin.create_topics([
-                    NewTopic(name, self._topics.partitions, self._topics.replication_factor)
+                    NewTopic(name, self._topics.partitions, self._topics.replication_factor,
+                             topic_configs=TOPIC_CONFIGS.get(name.removeprefix(self._topics.prefix), {}))
                     for name in missing
                 ])
                 _check_created(response.topic_errors)

@@ -262,7 +262,7 @@ class TestStoreAndStreamAgree:
         rig.publisher.fail_next(1)
         with pytest.raises(PublishUnavailable):
             await rig.cycle()
-        assert await rig.store.outbox_depth() == 1
+        assert await rig.store.outbox_depth() == 2  # the event and the task's state record
         rig.sim.store.reassign(task_id, before)
         await rig.cycle()
         records = rig.records_of(task_id)
@@ -289,8 +289,39 @@ class TestStoreAndStreamAgree:
         with pytest.raises(Exception, match="500"):
             await rig.cycle(rig.new_poller())
         assert rig.publisher.records == committed and rig.sim.requests["queryTask"] > requests
-        assert [dict(r.headers)["ce_type"] for r in committed] == [b"FeedbackAdded",
-                                                                   b"TaskFeedbackSubmitted"]
+        assert [dict(r.headers)["ce_type"] for r in committed] == [
+            b"FeedbackAdded", b"TaskFeedbackSubmitted", b"TaskState"]
+
+    async def test_a_state_record_follows_each_observation(self, make_rig: Callable[..., Any]) -> None:
+        """After an observation's events comes one current-state record: key task_id, value the
+        task after the change (the events' `task`), ce_type TaskState, the same ce_sequence."""
+        rig = await make_rig()
+        await rig.cycle()
+        task_id = rig.fresh(1)[0]
+        rig.sim.store.add_feedback(task_id)
+        await rig.cycle()
+        [state] = rig.publisher.of("state")
+        headers = dict(state.headers)
+        assert state.key == task_id.encode() and headers["ce_type"] == b"TaskState"
+        last_event = rig.records_of(task_id)[-1]
+        assert headers["ce_sequence"] == dict(last_event.headers)["ce_sequence"] == b"1"
+        assert state.value is not None and last_event.value is not None
+        assert orjson.loads(state.value) == orjson.loads(last_event.value)["task"]
+        assert rig.publisher.records[-1] is state  # sent right after the events, in one flush
+
+    async def test_no_state_records_when_turned_off(self, make_simulator: Callable[..., Any]) -> None:
+        """POLLER_STATE_TOPIC=false: events only."""
+        sim = await make_simulator(tasks=20, days=3, seed=3)
+        async with WaiqinClient(settings_for(sim)) as client:
+            rig = Rig(sim, client, poll_settings())
+            rig.poller = Poller(rig.settings, client=client, store=rig.store, publisher=rig.publisher,
+                                health=rig.health, source=SOURCE, clock=rig.clock, state_topic=False)
+            await rig.store.start()
+            await rig.publisher.start()
+            await rig.cycle()
+            rig.sim.store.add_feedback(rig.fresh(1)[0])
+            await rig.cycle()
+        assert rig.publisher.of("tasks") and rig.publisher.of("state") == []
 
     async def test_a_task_changing_back_and_forth_gets_new_ids(self, make_rig: Callable[..., Any]) -> None:
         """A→B→A→B within one minute: three changes, three sequences, three different ids."""

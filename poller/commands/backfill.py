@@ -37,7 +37,8 @@ async def run(settings: Settings, start: date, end: date, *, days_per_request: i
                 poller = Poller(settings.poll, client=client, store=store, publisher=publisher,
                                 health=HealthState(stuck_after_s=UNPROBED_S, ready_window_s=UNPROBED_S),
                                 source=app.event_source(settings),
-                                max_message_bytes=settings.kafka.max_message_bytes)
+                                max_message_bytes=settings.kafka.max_message_bytes,
+                                state_topic=settings.topics.state_enabled)
                 stats = await _scan_with_progress(poller, win, console, days_per_request)
         finally:
             await publisher.stop()
