@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from poller.simulator.partial import check_fraction
 
 # Every fault kind, with what it does to a matching request.
 KINDS: Final = {
@@ -16,22 +19,31 @@ KINDS: Final = {
                         "receivers_not_list; default rotates) into the next queryTask page",
     "ignore_page": "answer page 1 whatever page was asked for (queryTask)",
     "auth": "refuse as if the caller IP were not on the allow-list (return_code 1004)",
+    "partial_pages": "leave <fraction> (default 0.5) of the matching tasks out of the result set "
+                     "(queryTask; the same tasks for the fault's whole life)",
 }
 MALFORMED_VARIANTS: Final = ("not_object", "missing_task_id", "receivers_not_list")
+# Faults that shape a queryTask page; other endpoints neither trigger nor consume them.
+QUERY_TASK_ONLY: Final = frozenset({"malformed_record", "ignore_page", "partial_pages"})
 
 
 @dataclass
 class Fault:
-    """One armed fault: applies to the next `remaining` matching requests."""
+    """One armed fault: applies to the next `remaining` matching requests, or to every matching
+    request until the monotonic time `until` when it was armed for a number of seconds."""
 
     kind: str
     remaining: int
     endpoint: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    until: float | None = None
+    serial: int = 0  # numbers the faults of one plan: partial_pages derives its choice from it
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "remaining": self.remaining, "endpoint": self.endpoint,
-                "params": dict(self.params)}
+        return {"kind": self.kind, "remaining": None if self.until else self.remaining,
+                "endpoint": self.endpoint, "params": dict(self.params),
+                "seconds_left": None if self.until is None else max(
+                    0.0, round(self.until - time.monotonic(), 3))}
 
 
 class FaultPlan:
@@ -39,15 +51,23 @@ class FaultPlan:
 
     def __init__(self) -> None:
         self._faults: list[Fault] = []
+        self._serials = 0
 
     def add(self, kind: str, count: int = 1, endpoint: str | None = None,
-            **params: Any) -> Fault:
-        """Arm `kind` for the next `count` requests (to `endpoint` only, when given)."""
+            seconds: float | None = None, **params: Any) -> Fault:
+        """Arm `kind` for the next `count` requests, or for every request during the next
+        `seconds` (to `endpoint` only, when given)."""
         if kind not in KINDS:
             raise ValueError(f"unknown fault {kind!r}; expected one of {sorted(KINDS)}")
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        fault = Fault(kind, count, endpoint, params)
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"seconds must be positive, got {seconds!r}")
+        if kind == "partial_pages":
+            params["fraction"] = check_fraction(float(params.get("fraction", 0.5)))
+        self._serials += 1
+        until = None if seconds is None else time.monotonic() + seconds
+        fault = Fault(kind, count, endpoint, params, until, self._serials)
         self._faults.append(fault)
         return fault
 
@@ -59,13 +79,16 @@ class FaultPlan:
 
     def take(self, endpoint: str) -> dict[str, Fault]:
         """The faults hitting this request, one per kind, each with one use consumed."""
+        now = time.monotonic()
+        self._faults = [f for f in self._faults if f.until is None or f.until > now]
         hit: dict[str, Fault] = {}
         for fault in self._faults:
             if fault.kind in hit or fault.endpoint not in (None, endpoint):
                 continue
-            if fault.kind in ("malformed_record", "ignore_page") and endpoint != "queryTask":
+            if fault.kind in QUERY_TASK_ONLY and endpoint != "queryTask":
                 continue  # page-shaped faults only make sense for queryTask
-            fault.remaining -= 1
+            if fault.until is None:
+                fault.remaining -= 1
             hit[fault.kind] = fault
         self._faults = [f for f in self._faults if f.remaining > 0]
         return hit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -29,8 +30,10 @@ from poller.fetch import (
 from poller.models import BEIJING, beijing_now
 from poller.signing import TIMESTAMP_FORMAT, digest
 from poller.simulator import admin
-from poller.simulator.churn import Churn
+from poller.simulator.churn import HONEST, Churn, ChurnMix
 from poller.simulator.faults import MALFORMED_VARIANTS, Fault, FaultPlan
+from poller.simulator.index import DayFilters
+from poller.simulator.partial import PartialSchedule, keeper
 from poller.simulator.render import Renderer
 from poller.simulator.state import TaskStore
 
@@ -56,18 +59,27 @@ class Simulator:
 
     Usable in-process (tests, benchmarks: call the mutation methods directly) and over HTTP
     (the admin API under /admin/, see docs/simulator.md). The appkey is never logged.
+
+    The vendor's bad habits are off unless asked for: `mix` makes churn silent, stamped in the
+    past, hard-deleting or reverting; `late_feedback` seeds feedback dated after modify_time;
+    `partial` serves partial data in recurring episodes (and the `partial_pages` fault once).
     """
 
     def __init__(self, openid: str, appkey: str, *, seed: int = 1, tasks: int = 200,
                  days: int = 30, types: int = 8, clock: Callable[[], datetime] = beijing_now,
                  drift: bool = True, data_as_string: bool = True,
-                 grant_task_types: bool = True) -> None:
+                 grant_task_types: bool = True, mix: ChurnMix = HONEST,
+                 late_feedback: float = 0.0, partial: PartialSchedule | None = None) -> None:
         self.openid = openid
         self._appkey = appkey
         self.clock = clock
-        self.store = TaskStore(seed=seed, tasks=tasks, days=days, types=types, clock=clock)
+        self.seed = seed
+        self.store = TaskStore(seed=seed, tasks=tasks, days=days, types=types, clock=clock,
+                               late_feedback=late_feedback)
         self.faults = FaultPlan()
-        self.churn = Churn(self.store, seed)
+        self.churn = Churn(self.store, seed, mix)
+        self.partial = partial
+        self._born = time.monotonic()  # partial episodes count from here
         self.renderer = Renderer(seed, drift=drift)
         self.data_as_string = data_as_string
         self.grant_task_types = grant_task_types
@@ -88,6 +100,9 @@ class Simulator:
         self.delete = self.store.delete
         self.restore = self.store.restore
         self.update_fields = self.store.update_fields
+        self.revert = self.store.revert
+        self.hard_delete = self.store.hard_delete
+        self.reappear = self.store.reappear
         self.update_type = self.store.update_type
         self.get_task = self.store.get
 
@@ -98,7 +113,8 @@ class Simulator:
 
     @property
     def ledger(self) -> list[dict[str, Any]]:
-        """Every mutation so far: {seq, task_id, kind, at, detail}, oldest first."""
+        """Every mutation so far, oldest first: {seq, task_id, kind, at, modify_time,
+        modify_time_moved, detail} (see state.visible_to_window)."""
         return self.store.ledger
 
     @property
@@ -113,9 +129,10 @@ class Simulator:
         """Arm a fault (see faults.KINDS) for the next `count` requests."""
         return self.faults.add(kind, count, endpoint, **params)
 
-    async def start_churn(self, per_s: float) -> None:
-        """Mutate `per_s` random tasks per second until stop_churn() or stop()."""
-        await self.churn.start(per_s)
+    async def start_churn(self, per_s: float, mix: ChurnMix | None = None) -> None:
+        """Mutate `per_s` random tasks per second (with `mix` when given) until stop_churn()
+        or stop()."""
+        await self.churn.start(per_s, mix)
 
     async def stop_churn(self) -> None:
         """Stop churning; idempotent."""
@@ -224,7 +241,7 @@ class Simulator:
         rows = _int_param(payload, "rows", DEFAULT_ROWS)
         if page < 1 or not 1 <= rows <= MAX_ROWS:
             raise RefusedError(CODE_BAD_PARAMS, f"page >= 1 and 1 <= rows <= {MAX_ROWS} required")
-        tasks = self.store.query(
+        filters = DayFilters(
             modify_from=_date_param(payload, "modify_date_from"),
             modify_to=_date_param(payload, "modify_date_to"),
             create_from=_date_param(payload, "create_date_from"),
@@ -232,11 +249,24 @@ class Simulator:
         )
         if "ignore_page" in faults:
             page = 1  # a broken deployment that ignores `page`
-        records: list[Any] = [self.renderer.task(t) for t in tasks[(page - 1) * rows:page * rows]]
+        tasks = self.store.page(filters, offset=(page - 1) * rows, rows=rows,
+                                keep=self._partial_keeper(faults))
+        records: list[Any] = [self.renderer.task(t) for t in tasks]
         if "malformed_record" in faults:
             records.insert(self._rng.randint(0, len(records)),
                            self._malformed(faults["malformed_record"]))
         return records
+
+    def _partial_keeper(self, faults: dict[str, Fault]) -> Callable[[str], bool] | None:
+        """Which tasks this answer keeps while partial data is being served, else None."""
+        if "partial_pages" in faults:
+            fault = faults["partial_pages"]
+            return keeper(self.seed, f"fault{fault.serial}", fault.params["fraction"])
+        if self.partial is not None:
+            episode = self.partial.episode(time.monotonic() - self._born)
+            if episode is not None:
+                return keeper(self.seed, f"episode{episode}", self.partial.fraction)
+        return None
 
     def _malformed(self, fault: Fault) -> Any:
         # One fault, one bad record: a real bad row comes back unchanged on every scan, and the
@@ -305,15 +335,20 @@ def _envelope(msg_id: str, code: str, message: str, data: Any) -> web.Response:
 
 
 async def run_simulator(*, host: str, port: int, openid: str, appkey: str, tasks: int,
-                        days: int, seed: int, churn_per_s: float, drift: bool = True) -> None:
+                        days: int, seed: int, churn_per_s: float, drift: bool = True,
+                        mix: ChurnMix = HONEST, late_feedback: float = 0.0,
+                        partial: PartialSchedule | None = None) -> None:
     """Serve a simulator until cancelled (the `waiqin-poller simulator` command)."""
-    sim = Simulator(openid, appkey, seed=seed, tasks=tasks, days=days, drift=drift)
+    sim = Simulator(openid, appkey, seed=seed, tasks=tasks, days=days, drift=drift, mix=mix,
+                    late_feedback=late_feedback, partial=partial)
     base_url = await sim.start(host, port)
     try:
         if churn_per_s > 0:
             await sim.churn.start(churn_per_s)
         log.info("simulator_started", base_url=base_url, admin_url=f"{base_url}/admin/",
-                 openid=openid, tasks=len(sim.store.tasks), churn_per_s=churn_per_s)
+                 openid=openid, tasks=len(sim.store.tasks), churn_per_s=churn_per_s,
+                 churn_mix=mix.describe(), late_feedback=late_feedback,
+                 partial=partial.describe() if partial else None)
         await asyncio.Event().wait()  # until cancelled
     finally:
         await sim.stop()
