@@ -137,6 +137,11 @@ def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool
                    from_beginning=from_beginning, dead_letters=dead_letters), redactor, settings)
 
 
+# Simulator option types: a share of records or mutations, and a positive duration.
+FRACTION = click.FloatRange(0.0, 1.0)
+SECONDS = click.FloatRange(min=0.0, min_open=True)
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True)
@@ -148,16 +153,53 @@ def tail(types: tuple[str, ...], task_ids: tuple[str, ...], from_beginning: bool
 @click.option("--churn", default=0.0, show_default=True, help="Random mutations per second.")
 @click.option("--drift/--no-drift", default=True, show_default=True,
               help="Render each response differently (numbers as strings, key and list order).")
+@click.option("--late-feedback", default=0.0, show_default=True, type=FRACTION,
+              help="Seeded tasks with feedback dated after their modify_time.")
+@click.option("--churn-silent", default=0.0, show_default=True, type=FRACTION,
+              help="Churn changes that leave modify_time as it was.")
+@click.option("--churn-past", default=0.0, show_default=True, type=FRACTION,
+              help="Churn changes stamped 1 to --churn-past-days days in the past.")
+@click.option("--churn-past-days", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How far back --churn-past stamps go.")
+@click.option("--churn-hard-delete", default=0.0, show_default=True, type=FRACTION,
+              help="Churn mutations that make a task vanish from every answer.")
+@click.option("--churn-reappear", default=0.0, show_default=True, type=FRACTION,
+              help="Churn mutations that bring a hard-deleted task back as it was.")
+@click.option("--churn-revert", default=0.0, show_default=True, type=FRACTION,
+              help="Churn mutations that undo a change made within the last minute.")
+@click.option("--partial-fraction", default=0.0, show_default=True, type=FRACTION,
+              help="Records left out while serving partial data (0: never).")
+@click.option("--partial-every", default=600.0, show_default=True, type=SECONDS,
+              help="A partial-data episode starts this often (first one after this long).")
+@click.option("--partial-for", default=60.0, show_default=True, type=SECONDS,
+              help="How long each partial-data episode lasts.")
 def simulator(host: str, port: int, openid: str, appkey: str, tasks: int, days: int, seed: int,
-              churn: float, drift: bool) -> None:
-    """Serve the fake Waiqin365 API (signed endpoints, admin API, churn, faults)."""
+              churn: float, drift: bool, late_feedback: float, churn_silent: float,
+              churn_past: float, churn_past_days: int, churn_hard_delete: float,
+              churn_reappear: float, churn_revert: float, partial_fraction: float,
+              partial_every: float, partial_for: float) -> None:
+    """Serve the fake Waiqin365 API (signed endpoints, admin API, churn, faults, bad habits)."""
     from poller.commands import serve
+    from poller.simulator.churn import ChurnMix
+    from poller.simulator.partial import PartialSchedule
 
+    if partial_for > partial_every:
+        raise click.UsageError(f"--partial-for ({partial_for:g}s) must not exceed "
+                               f"--partial-every ({partial_every:g}s)")
+    try:
+        mix = ChurnMix(silent=churn_silent, past=churn_past, past_days=churn_past_days,
+                       hard_delete=churn_hard_delete, reappear=churn_reappear,
+                       revert=churn_revert)
+        partial = (PartialSchedule(partial_fraction, partial_every, partial_for)
+                   if partial_fraction else None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     settings, _ = load_settings(human=True, placeholders=NO_API_CREDENTIALS)
     redactor = Redactor([appkey])
     logs.configure(settings.log, redactor=redactor, stream=logs.current_stderr())
     _run(serve.simulator(host=host, port=port, openid=openid, appkey=appkey, tasks=tasks,
-                         days=days, seed=seed, churn_per_s=churn, drift=drift), redactor)
+                         days=days, seed=seed, churn_per_s=churn, drift=drift, mix=mix,
+                         late_feedback=late_feedback, partial=partial), redactor)
 
 
 @main.command()

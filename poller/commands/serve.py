@@ -7,24 +7,33 @@ import contextlib
 import signal
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from poller.errors import ServeError
 from poller.localbroker import BrokerError, TansuBroker, accepts
 
+if TYPE_CHECKING:  # the simulator is imported only when served
+    from poller.simulator.churn import ChurnMix
+    from poller.simulator.partial import PartialSchedule
+
 # Ctrl-C or a polite kill ends a stand-in normally (exit 0), not as an interruption.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 async def simulator(*, host: str, port: int, openid: str, appkey: str, tasks: int, days: int,
-                    seed: int, churn_per_s: float, drift: bool) -> None:
-    """Serve the fake Waiqin365 until Ctrl-C; a taken port is a ServeError, not a traceback."""
+                    seed: int, churn_per_s: float, drift: bool, mix: ChurnMix | None = None,
+                    late_feedback: float = 0.0, partial: PartialSchedule | None = None) -> None:
+    """Serve the fake Waiqin365 until Ctrl-C (with the vendor's bad habits `mix`,
+    `late_feedback` and `partial` asks for); a taken port is a ServeError, not a traceback."""
     from poller.simulator import run_simulator
+    from poller.simulator.churn import HONEST
 
     served = asyncio.create_task(run_simulator(
         host=host, port=port, openid=openid, appkey=appkey, tasks=tasks, days=days, seed=seed,
-        churn_per_s=churn_per_s, drift=drift))
+        churn_per_s=churn_per_s, drift=drift, mix=mix or HONEST, late_feedback=late_feedback,
+        partial=partial))
     try:
         await _until_stopped(served)
     except OSError as exc:
