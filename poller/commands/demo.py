@@ -20,6 +20,7 @@ from poller.config import Settings
 from poller.localbroker import TansuBroker
 from poller.redact import Redactor
 from poller.simulator import Simulator
+from poller.simulator.churn import ChurnMix
 
 OPENID, APPKEY = "demo-openid", "demo-appkey"
 DEFAULT_HTTP_PORT = 8080
@@ -30,12 +31,18 @@ HEARTBEAT_S = 10.0
 POLL_INTERVAL_S = 2.0
 
 
-async def run(*, churn_per_s: float, tasks: int, state_dir: str) -> None:
-    """Run everything until Ctrl-C; the state starts fresh each time (the broker is in memory)."""
+async def run(*, churn_per_s: float, tasks: int, state_dir: str,
+              silent_fraction: float = 0.0) -> None:
+    """Run everything until Ctrl-C; the state starts fresh each time (the broker is in memory).
+
+    `silent_fraction` of the simulated changes leave modify_time as it was, as the real vendor's
+    sometimes do: only a reconciliation sweep finds those, later than the others.
+    """
+    mix = ChurnMix(silent=silent_fraction)  # ValueError for a fraction outside [0, 1]
     console = Console(highlight=False, soft_wrap=True)
     state = _fresh_state(Path(state_dir))
     async with _local_broker() as broker:
-        await _run(console, broker, state, churn_per_s=churn_per_s, tasks=tasks)
+        await _run(console, broker, state, churn_per_s=churn_per_s, tasks=tasks, mix=mix)
 
 
 @contextlib.asynccontextmanager
@@ -51,8 +58,8 @@ async def _local_broker() -> AsyncIterator[TansuBroker]:
 
 
 async def _run(console: Console, broker: TansuBroker, state: Path, *, churn_per_s: float,
-               tasks: int) -> None:
-    simulator = Simulator(OPENID, APPKEY, tasks=tasks, days=14)
+               tasks: int, mix: ChurnMix) -> None:
+    simulator = Simulator(OPENID, APPKEY, tasks=tasks, days=14, mix=mix)
     stop = asyncio.Event()
     heartbeat = _Heartbeat(console)
     try:
@@ -69,8 +76,9 @@ async def _run(console: Console, broker: TansuBroker, state: Path, *, churn_per_
         })
         redactor = Redactor([APPKEY])
         logs.configure(settings.log, redactor=redactor, stream=logs.current_stderr())
+        silent = f", {mix.silent:.0%} of them silent" if mix.silent else ""
         console.print(f"[bold]waiqin-poller demo[/]: simulator {base_url} ({tasks} tasks, "
-                      f"{churn_per_s}/s mutations), broker {broker.bootstrap}, "
+                      f"{churn_per_s}/s mutations{silent}), broker {broker.bootstrap}, "
                       f"metrics http://{settings.http.host}:{settings.http.port}/metrics — Ctrl-C to stop\n")
         # Ctrl-C is how a demo ends: stop everything in order and exit 0.
         loop = asyncio.get_running_loop()
