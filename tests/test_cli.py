@@ -1,4 +1,4 @@
-"""The operator commands as a user runs them: `waiqin-poller check|backfill|tail` subprocesses."""
+"""The operator commands as a user runs them: `waiqin-poller check|backfill|tail|simulator` subprocesses."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from poller.localbroker import accepts, free_port
@@ -325,3 +327,57 @@ class TestTryIt:
             for process in started:
                 await asyncio.wait_for(process.wait(), 30)
         assert started[0].returncode == 0  # the broker ends cleanly on Ctrl-C
+
+
+async def admin_json(base_url: str, path: str) -> Any:
+    """GET an admin endpoint; None while the server is not answering yet."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url}/admin{path}") as r:
+            return await r.json()
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+class TestSimulatorCommand:
+    async def test_bad_habits_from_flags(self) -> None:
+        """`waiqin-poller simulator` serves the habits its flags ask for: the churn mix, seeded
+        late feedback and the partial-data schedule, with silent churn never moving
+        modify_time."""
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poller", "simulator", "--port", str(port), "--tasks", "40",
+            "--churn", "100", "--churn-silent", "1", "--churn-revert", "0.2",
+            "--late-feedback", "0.5", "--partial-fraction", "0.5", "--partial-every", "300",
+            "--partial-for", "20", env={"PATH": os.environ.get("PATH", "")},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            summary = await eventually(lambda: admin_json(base_url, "/"), timeout_s=30,
+                                       what="the simulator to answer")
+            assert summary["churn_mix"]["silent"] == 1.0
+            assert summary["churn_mix"]["revert"] == 0.2
+            assert summary["partial"] == {"fraction": 0.5, "every_s": 300.0, "for_s": 20.0}
+            ledger = await eventually(lambda: _at_least(admin_json(base_url, "/ledger"), 20),
+                                      timeout_s=30, what="20 churn mutations")
+            changes = [e for e in ledger if e["kind"] != "create"]
+            assert changes and not any(e["modify_time_moved"] for e in changes)
+        finally:
+            process.terminate()
+            await process.wait()
+
+    @pytest.mark.parametrize("args,message", [
+        (("--churn-silent", "0.7", "--churn-past", "0.6"), "silent + past must not exceed 1"),
+        (("--churn-revert", "2"), "'--churn-revert': 2.0 is not in the range"),
+        (("--partial-fraction", "0.5", "--partial-every", "10", "--partial-for", "20"),
+         "--partial-for (20s) must not exceed --partial-every (10s)"),
+    ])
+    async def test_bad_flags(self, args: tuple[str, ...], message: str) -> None:
+        """Contradictory or out-of-range habit flags exit 2 with one clear line, no traceback."""
+        code, output = await run_cli({"PATH": os.environ.get("PATH", "")}, "simulator",
+                                     "--port", "0", *args)
+        assert code == 2 and message in output and "Traceback" not in output
+
+
+async def _at_least(entries: Awaitable[Any], count: int) -> Any:
+    found = await entries
+    return found if found and len(found) >= count else None
