@@ -88,7 +88,7 @@ def mutate_once(store: TaskStore, rng: random.Random,
     kind = rng.choices(kinds, weights)[0]
     if kind == "create" or not store.tasks:
         return store.create_task()
-    task_id = rng.choice(list(store.tasks))
+    task_id = _any_task(store, rng)
     stamp = _stamp_options(store, task_id, rng, mix)
     if kind == "feedback":
         return store.add_feedback(task_id, **stamp)
@@ -109,7 +109,7 @@ def _special(store: TaskStore, rng: random.Random, mix: ChurnMix) -> dict[str, A
         return None  # no extra draw: an honest mix churns exactly as before
     draw = rng.random()
     if draw < mix.hard_delete:
-        return store.hard_delete(rng.choice(list(store.tasks))) if store.tasks else None
+        return store.hard_delete(_any_task(store, rng)) if store.tasks else None
     draw -= mix.hard_delete
     if draw < mix.reappear:
         return store.reappear(rng.choice(sorted(store.removed))) if store.removed else None
@@ -120,6 +120,10 @@ def _special(store: TaskStore, rng: random.Random, mix: ChurnMix) -> dict[str, A
             task_id = rng.choice(recent)
             return store.revert(task_id, **_stamp_options(store, task_id, rng, mix))
     return None
+
+
+def _any_task(store: TaskStore, rng: random.Random) -> str:
+    return store.index.id_at(rng.randrange(len(store.index)))
 
 
 def _stamp_options(store: TaskStore, task_id: str, rng: random.Random,

@@ -54,6 +54,11 @@ class TaskIndex:
     def __len__(self) -> int:
         return len(self._all)
 
+    def id_at(self, position: int) -> str:
+        """The id of the task at `position` in the overall order (random picks without
+        copying a million ids into a list first)."""
+        return self._all[position][2]
+
     def add(self, task: dict[str, Any]) -> None:
         """Index a task that is not indexed yet."""
         k = key(task)
