@@ -60,7 +60,7 @@ class _Admin:
             "update": lambda t, b, s: sim.update_fields(t, **s, **b),
             "revert": lambda t, b, s: sim.revert(t, **s),
             "hard_delete": lambda t, b, s: sim.hard_delete(t, **_no_stamp(s)),
-            "reappear": lambda t, b, s: sim.reappear(t, **{"touch": False, **s}, **b),
+            "reappear": lambda t, b, s: sim.reappear(t, **s, **b),
         }
 
     def task_action(self, name: str) -> Handler:

@@ -79,7 +79,7 @@ class Simulator:
         self.faults = FaultPlan()
         self.churn = Churn(self.store, seed, mix)
         self.partial = partial
-        self._born = time.monotonic()  # partial episodes count from here
+        self._started = time.monotonic()  # partial episodes count from start()
         self.renderer = Renderer(seed, drift=drift)
         self.data_as_string = data_as_string
         self.grant_task_types = grant_task_types
@@ -126,7 +126,8 @@ class Simulator:
 
     def inject(self, kind: str, count: int = 1, endpoint: str | None = None,
                **params: Any) -> Fault:
-        """Arm a fault (see faults.KINDS) for the next `count` requests."""
+        """Arm a fault (see faults.KINDS) for the next `count` requests, or with `seconds=`
+        for every request during that long."""
         return self.faults.add(kind, count, endpoint, **params)
 
     async def start_churn(self, per_s: float, mix: ChurnMix | None = None) -> None:
@@ -158,6 +159,7 @@ class Simulator:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._started = time.monotonic()
         bound = runner.addresses[0][1]
         shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
         self._base_url = f"http://{shown}:{bound}"
@@ -263,7 +265,7 @@ class Simulator:
             fault = faults["partial_pages"]
             return keeper(self.seed, f"fault{fault.serial}", fault.params["fraction"])
         if self.partial is not None:
-            episode = self.partial.episode(time.monotonic() - self._born)
+            episode = self.partial.episode(time.monotonic() - self._started)
             if episode is not None:
                 return keeper(self.seed, f"episode{episode}", self.partial.fraction)
         return None
