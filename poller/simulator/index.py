@@ -8,18 +8,22 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from itertools import islice
-from typing import Any
+from typing import Any, Final
 
-Key = tuple[str, int, str]
-"""(modify_time, len(task_id), task_id): the order queryTask answers in (ids compare as numbers)."""
+Key = str
+"""modify_time (`yyyy-MM-dd HH:mm`), len(task_id) as two digits, task_id: one string whose order
+is the order queryTask answers in (modify_time, then ids compared as numbers). One string
+sorts and bisects about three times faster than the equivalent tuple."""
 
-# Sorts after " HH:mm", so ("yyyy-MM-dd~",) bounds every time of that day from above.
-AFTER_DAY = "~"
+# Where the task id starts in a key: after the 16 characters of the time and 2 of the length.
+ID_AT: Final = 18
+# Sorts after " HH:mm", so "yyyy-MM-dd~" bounds every key of that day from above.
+AFTER_DAY: Final = "~"
 
 
 def key(task: dict[str, Any]) -> Key:
-    """The index key of a canonical task."""
-    return (task["modify_time"], len(task["task_id"]), task["task_id"])
+    """The index key of a canonical task (modify_time always has the API's 16 characters)."""
+    return f"{task['modify_time']}{len(task['task_id']):02d}{task['task_id']}"
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,14 @@ class TaskIndex:
     def __init__(self, tasks: Iterable[dict[str, Any]] = ()) -> None:
         self._all: list[Key] = []
         self._by_create: dict[str, list[Key]] = {}
-        self._days: list[str] = []  # the create days that have a list, sorted
-        keyed = sorted((key(t), t["create_time"][:10]) for t in tasks)
-        for k, day in keyed:  # appended in key order, so every day's list is sorted too
+        for task in tasks:
+            k = key(task)
             self._all.append(k)
-            self._day(day).append(k)
+            self._by_create.setdefault(task["create_time"][:10], []).append(k)
+        self._all.sort()
+        for keys in self._by_create.values():
+            keys.sort()
+        self._days = sorted(self._by_create)  # the create days that have a list
 
     def __len__(self) -> int:
         return len(self._all)
@@ -57,7 +64,7 @@ class TaskIndex:
     def id_at(self, position: int) -> str:
         """The id of the task at `position` in the overall order (random picks without
         copying a million ids into a list first)."""
-        return self._all[position][2]
+        return self._all[position][ID_AT:]
 
     def add(self, task: dict[str, Any]) -> None:
         """Index a task that is not indexed yet."""
@@ -92,10 +99,10 @@ class TaskIndex:
         if keep is None and len(runs) == 1:
             keys, lo, hi = runs[0]  # one sorted run: slice it directly
             stop = hi if end is None else min(hi, lo + end)
-            return [k[2] for k in keys[lo + offset:stop]]
+            return [k[ID_AT:] for k in keys[lo + offset:stop]]
         ordered: Iterator[Key] = heapq.merge(*(map(keys.__getitem__, range(lo, hi))
                                                for keys, lo, hi in runs))
-        found: Iterator[str] = (k[2] for k in ordered)
+        found: Iterator[str] = (k[ID_AT:] for k in ordered)
         if keep is not None:
             found = filter(keep, found)
         return list(islice(found, offset, end))
@@ -110,10 +117,8 @@ class TaskIndex:
             last = (bisect_right(self._days, filters.create_to.isoformat())
                     if filters.create_to else len(self._days))
             lists = [self._by_create[day] for day in self._days[first:last]]
-        low: Key | tuple[str] | None = (
-            (filters.modify_from.isoformat(),) if filters.modify_from else None)
-        high: Key | tuple[str] | None = (
-            (filters.modify_to.isoformat() + AFTER_DAY,) if filters.modify_to else None)
+        low = filters.modify_from.isoformat() if filters.modify_from else None
+        high = filters.modify_to.isoformat() + AFTER_DAY if filters.modify_to else None
         runs = []
         for keys in lists:
             lo = bisect_left(keys, low) if low else 0
@@ -133,5 +138,5 @@ class TaskIndex:
 def _delete(keys: list[Key], k: Key) -> None:
     at = bisect_left(keys, k)
     if at == len(keys) or keys[at] != k:
-        raise KeyError(k[2])
+        raise KeyError(k[ID_AT:])
     del keys[at]

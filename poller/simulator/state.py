@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
@@ -54,9 +56,10 @@ class TaskStore:
                  clock: Callable[[], datetime], late_feedback: float = 0.0) -> None:
         self.clock = clock
         self.gen = Generator(seed, types, late_feedback=late_feedback)
-        self.tasks: dict[str, dict[str, Any]] = {
-            t["task_id"]: t for t in self.gen.seed_tasks(tasks, days, self._now())}
-        self.index = TaskIndex(self.tasks.values())
+        with _gc_paused():
+            self.tasks: dict[str, dict[str, Any]] = {
+                t["task_id"]: t for t in self.gen.seed_tasks(tasks, days, self._now())}
+            self.index = TaskIndex(self.tasks.values())
         self.removed: dict[str, dict[str, Any]] = {}  # hard-deleted tasks, as they were last
         self.types: dict[str, dict[str, Any]] = {
             type_id: {"type_id": type_id, "type_name": name, "status": 1}
@@ -292,6 +295,19 @@ class TaskStore:
                             "modify_time": modify_time, "modify_time_moved": moved,
                             "detail": copy.deepcopy(detail)})
         return seq
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: seeding makes millions of long-lived containers,
+    and every collection would walk all of them again for nothing (a fifth of the time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # Tells a field that is absent from one that holds None when comparing two task states.
