@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
@@ -10,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,12 +29,13 @@ from poller.fetch import (
     WaiqinClient,
 )
 from poller.models import BEIJING, Window, beijing_now
+from poller.signing import digest
 from poller.simulator import Simulator, run_simulator
 from poller.simulator.churn import REVERT_WITHIN, ChurnMix, mutate_once
 from poller.simulator.index import DayFilters
 from poller.simulator.partial import PartialSchedule
 from poller.simulator.state import PROTECTED, visible_to_window
-from tests.fixtures.simulator import MakeSimulator, settings_for
+from tests.fixtures.simulator import APPKEY, MakeSimulator, settings_for
 from tests.integration.harness import eventually
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
@@ -349,6 +352,28 @@ class TestMalformed:
         simulator.inject("malformed_record", 1, variant=variant)
         records = await all_records(simulator, WAIQIN_PAGE_ROWS=100)
         assert len(records) == 31 and sum(1 for r in records if check(r)) == 1
+
+
+    @pytest.mark.parametrize("as_string", [True, False], ids=["string", "array"])
+    async def test_deeper_than_orjson_nests(self, make_simulator: MakeSimulator,
+                                            as_string: bool) -> None:
+        """A record nested 600 levels deep (beyond orjson's 254) is still served."""
+        sim = await make_simulator(data_as_string=as_string)
+        deep: Any = "底"
+        for _ in range(600):
+            deep = {"x": deep}
+        sim.inject("malformed_record", 1, record={"task_id": "1", "x_deep": deep})
+        body = orjson.dumps({"page": "1", "rows": "100"})
+        stamp = beijing_now().strftime("%Y%m%d%H%M%S")
+        url = (f"{sim.base_url}/api/cusTask/v1/queryTask/{sim.openid}/{stamp}/"
+               f"{digest(body, APPKEY, stamp)}/m1")
+        async with aiohttp.ClientSession() as http, http.post(url, data=body) as response:
+            assert response.status == 200
+            answer = json.loads(await response.read())
+        data = json.loads(answer["response_data"]) if as_string else answer["response_data"]
+        assert answer["return_code"] == "0" and len(data) == 31
+        (record,) = [r for r in data if r["task_id"] == "1"]
+        assert json.dumps(record["x_deep"]).count("{") == 600
 
 
 class TestRunSimulator:

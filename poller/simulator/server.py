@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import random
 import time
 from collections import Counter, deque
@@ -204,7 +205,7 @@ class Simulator:
         except RefusedError as refused:
             return _envelope(msg_id, refused.code, refused.message, "")
         self.served.append(records)
-        data: Any = orjson.dumps(records).decode() if self.data_as_string else records
+        data: Any = _dumps(records).decode() if self.data_as_string else records
         return _envelope(msg_id, RETURN_OK, "成功", data)
 
     def _transport_fault(self, faults: dict[str, Fault]) -> web.Response | None:
@@ -330,9 +331,19 @@ def _date_param(payload: dict[str, Any], key: str) -> date | None:
         raise RefusedError(CODE_BAD_PARAMS, f"{key} must be yyyy-MM-dd, got {value!r}") from None
 
 
+def _dumps(value: Any) -> bytes:
+    """JSON bytes of `value`, however deeply nested."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        # orjson refuses nesting deeper than 254 levels; a real record can be deeper, and the
+        # poller must get to dead-letter it rather than see the server fail.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _envelope(msg_id: str, code: str, message: str, data: Any) -> web.Response:
-    body = orjson.dumps({"return_code": code, "return_msg": message, "msg_id": msg_id,
-                         "response_data": data})
+    body = _dumps({"return_code": code, "return_msg": message, "msg_id": msg_id,
+                   "response_data": data})
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
