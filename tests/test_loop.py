@@ -344,7 +344,7 @@ class TestNoRecordStopsTheStream:
     @pytest.mark.parametrize("poison", [
         pytest.param({"x_deep": "nested"}, id="nested-600-levels"),
         pytest.param({"create_time": "9999-12-31T23:59:00-05:00"}, id="time-out-of-range"),
-        pytest.param({"x_big": 2**70}, id="integer-beyond-64-bits"),
+        pytest.param({"task_status": 2**70}, id="status-beyond-64-bits"),
     ])
     async def test_a_poison_record_is_dead_lettered_and_the_rest_flows(
             self, make_rig: Callable[..., Any], poison: dict[str, Any]) -> None:
