@@ -19,7 +19,8 @@ from poller.config import Settings  # noqa: E402
 from poller.fetch import WaiqinClient  # noqa: E402
 from poller.http import HealthState  # noqa: E402
 from poller.localbroker import accepts, free_port  # noqa: E402
-from poller.loop import Poller, TaskSource  # noqa: E402
+from poller.loop import Poller  # noqa: E402
+from poller.pages import TaskSource  # noqa: E402
 from poller.publish import MemoryPublisher, Publisher  # noqa: E402
 from poller.store import open_store  # noqa: E402
 from poller.store.base import Leadership, SnapshotStore  # noqa: E402

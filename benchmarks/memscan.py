@@ -25,6 +25,7 @@ from benchmarks.common import in_process_poller, settings
 from poller import diff, normalise
 from poller.fetch import Page
 from poller.models import Commit, Window
+from poller.pages import ReadMode
 
 PAGE = 1000
 
@@ -90,7 +91,7 @@ async def scan(db: Path, count: int) -> None:
         settings("http://127.0.0.1:1", f"sqlite:///{db}"), source=Source(count))
     try:
         start = rss_mb()
-        stats = await poller.scan(Window(), lease, silent_new=True)
+        stats = await poller.pages.scan(Window(), lease, mode=ReadMode(silent_new=True))
         print(orjson.dumps({"scanned": stats.tasks, "start_mb": start, "peak_mb": rss_mb()}).decode())
     finally:
         await client.stop()

@@ -42,6 +42,7 @@ from benchmarks.common import (
 )
 from poller.fetch import JSON_CONTENT_TYPE, QUERY_TASK, WaiqinClient
 from poller.models import Window
+from poller.pages import ReadMode
 
 ROWS = 1000
 
@@ -88,7 +89,7 @@ async def bench_unchanged(tasks: int, work: Path, rounds: int, *, drift: bool) -
         cfg = settings(base_url, f"sqlite:///{work / f'unchanged-{drift}.db'}")
         poller, client, store, lease = await in_process_poller(cfg)
         try:
-            baseline = await poller.scan(Window(), lease, silent_new=True)
+            baseline = await poller.pages.scan(Window(), lease, mode=ReadMode(silent_new=True))
             assert baseline.tasks >= tasks
             ours: list[float] = []
             cpu: list[float] = []
@@ -97,7 +98,7 @@ async def bench_unchanged(tasks: int, work: Path, rounds: int, *, drift: bool) -
                 before = (await simulator_requests(base_url)).get(QUERY_TASK, 0)
                 gc.collect()
                 started, started_cpu = time.perf_counter(), time.process_time()
-                stats = await poller.scan(Window(), lease)
+                stats = await poller.pages.scan(Window(), lease)
                 ours.append(stats.tasks / (time.perf_counter() - started))
                 cpu.append(stats.tasks / (time.process_time() - started_cpu))
                 requests.append((await simulator_requests(base_url)).get(QUERY_TASK, 0) - before)

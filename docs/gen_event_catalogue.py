@@ -67,8 +67,9 @@ WHEN: dict[str, str] = {
     "`task_status` 0 and `status` 1 (so a task first seen with feedback also yields "
     "`FeedbackAdded` and a status event).",
     "TaskUpdated": "Any other field changed: content, type, customer, execute_demand, source, "
-    "achievement, visit ids, unknown new fields. Not for `modify_time` or `latest_feedback_*` "
-    "alone.",
+    "achievement, visit ids, unknown new fields; also a receiver renamed under the same id and a "
+    "feedback entry removed or edited (no other event announces those). Not for `modify_time` "
+    "or `latest_feedback_*` alone.",
     "TaskReassigned": "The receivers (assignees, 指派) set changed, compared by id.",
     "TaskDeadlineChanged": "`feedback_deadline` changed (null = no deadline).",
     "FeedbackAdded": "One per feedback entry not seen before, oldest first. Entries are "
@@ -78,7 +79,11 @@ WHEN: dict[str, str] = {
     "TaskRejected": "`task_status` changed to 3 (需重新反馈, feedback rejected).",
     "TaskReopened": "`task_status` changed to 0 (待反馈, awaiting feedback).",
     "TaskDeleted": "`status` changed 1 → 0 (soft delete: the API keeps returning the task).",
-    "TaskRestored": "`status` changed 0 → 1.",
+    "TaskRestored": "`status` changed 0 → 1, or a vanished task reappeared in the API (then it "
+    "comes first, before the events of what changed meanwhile).",
+    "TaskVanished": "The reconciliation sweep confirmed the task is gone from the API: missing "
+    "from two complete reads of its create-date slice in different cycles. Carries the last "
+    "known task; the current-state topic gets a tombstone for it.",
     "TaskTypeChanged": "A task type definition referenced by tasks changed (re-read with "
     "queryTaskType every `POLLER_TYPE_REFRESH_SECONDS`). The first sight of a type is silent.",
     "DeadLetter": "A record could not be read: not a JSON object, no non-empty `task_id`, or a "
@@ -139,6 +144,11 @@ def examples() -> list[Example]:
     observe("simulator step `set_task_status(0)`", lambda: store.set_task_status(task_id, 0))
     observe("simulator step `delete`", lambda: store.delete(task_id))
     observe("simulator step `restore`", lambda: store.restore(task_id))
+    clock.tick()
+    (gone,) = diff.vanished(snapshot, observed_at=clock() + SEEN_AFTER,
+                            type_name=store.types[store.get(task_id)["task_type_id"]]["type_name"]).events
+    found["TaskVanished"] = Example(gone.type, WHEN[gone.type], "simulator step `hard_delete`, "
+                                    "confirmed by two sweep reads", events.encode(gone, source=source))
     found["TaskTypeChanged"] = _type_example(store, clock, source)
     found["DeadLetter"] = _dead_letter_example(store, clock, source)
     return [found[name] for name in WHEN]
@@ -239,7 +249,8 @@ The prefix is `POLLER_TOPIC_PREFIX` (default `waiqin365`).
 
 | topic | key | content |
 | --- | --- | --- |
-| `waiqin365.tasks` | task_id | every task event (`TaskCreated` … `TaskRestored`) |
+| `waiqin365.tasks` | task_id | every task event (`TaskCreated` … `TaskVanished`) |
+| `waiqin365.tasks.state` | task_id | the task as last observed (`TaskState`, compacted) |
 | `waiqin365.task-types` | type_id | `TaskTypeChanged` |
 | `waiqin365.poller.dead-letter` | task_id if readable, else empty | `DeadLetter` |
 
@@ -343,7 +354,8 @@ python examples/consumer.py --bootstrap localhost:9092 --prefix waiqin365 --grou
 | `TaskRejected` | tasks | task_status → 3 (feedback rejected) |
 | `TaskReopened` | tasks | task_status → 0 (awaiting feedback) |
 | `TaskDeleted` | tasks | status 1 → 0 |
-| `TaskRestored` | tasks | status 0 → 1 |
+| `TaskRestored` | tasks | status 0 → 1, or a vanished task reappeared |
+| `TaskVanished` | tasks | the sweep confirmed the task is gone from the API |
 | `TaskTypeChanged` | task-types | a task type definition changed |
 | `DeadLetter` | poller.dead-letter | a record could not be read |
 

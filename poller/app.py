@@ -16,7 +16,7 @@ from poller.config import Settings
 from poller.errors import PollerError
 from poller.fetch import WaiqinClient
 from poller.http import HealthServer, HealthState
-from poller.loop import Poller
+from poller.loop import ApiLimits, Poller
 from poller.publish import KafkaPublisher
 from poller.redact import Redactor
 from poller.store import open_store
@@ -40,6 +40,12 @@ def tune_gc() -> None:
     """Collect young garbage per page rather than per record (see GC_GEN0_THRESHOLD)."""
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
+def api_limits(settings: Settings) -> ApiLimits:
+    """The client's settings the cycle plans with."""
+    return ApiLimits(rows=settings.waiqin.page_rows, rate_per_s=settings.waiqin.rate_limit_per_s,
+                     daily_budget=settings.waiqin.daily_request_budget)
 
 
 def event_source(settings: Settings) -> str:
@@ -66,7 +72,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None,
     publisher = KafkaPublisher(settings.kafka, settings.topics)
     client = WaiqinClient(settings.waiqin)
     poller = Poller(poll, client=client, store=store, publisher=publisher, health=health,
-                    source=event_source(settings), max_message_bytes=settings.kafka.max_message_bytes,
+                    source=event_source(settings), limits=api_limits(settings),
+                    max_message_bytes=settings.kafka.max_message_bytes,
                     state_topic=settings.topics.state_enabled)
     async with AsyncExitStack() as stack:
         server = HealthServer(settings.http, health, checks=[store.ping, publisher.ping],

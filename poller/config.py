@@ -53,6 +53,8 @@ class WaiqinSettings(_Group):
     page_rows: int = Field(1000, ge=1, le=1000, validation_alias=AliasChoices("WAIQIN_PAGE_ROWS"))
     # A bound on one response body, so a runaway answer fails its request instead of the pod.
     max_response_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # Requests per Beijing day the poller plans within (docs/design.md §3.1); none: no limit.
+    daily_request_budget: int | None = Field(None, ge=1)
 
     @field_validator("openid")
     @classmethod
@@ -200,6 +202,13 @@ class PollSettings(_Group):
     # Readiness turns false when no cycle has succeeded for this many intervals.
     ready_after_failed_intervals: int = Field(3, ge=1, validation_alias=AliasChoices("POLLER_READY_INTERVALS"))
     max_backoff_s: float = Field(300.0, gt=0, validation_alias=AliasChoices("POLLER_MAX_BACKOFF_SECONDS"))
+    # The reconciliation sweep (docs/design.md §3.1): every stored task is read again at least
+    # this often (0 turns it off); a create-date slice of more than one day filling more pages
+    # is split; and the vanished-task circuit breaker.
+    sweep_period_h: float = Field(24.0, ge=0, validation_alias=AliasChoices("POLLER_SWEEP_PERIOD_HOURS"))
+    sweep_slice_pages: int = Field(10, ge=1, validation_alias=AliasChoices("POLLER_SWEEP_SLICE_PAGES"))
+    vanish_max_fraction: float = Field(0.1, ge=0, le=1,
+                                       validation_alias=AliasChoices("POLLER_VANISH_MAX_FRACTION"))
 
     @field_validator("start_date", mode="before")
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final
 
 import orjson
@@ -25,6 +25,7 @@ from poller.events import (
     TaskRestored,
     TaskTypeChanged,
     TaskUpdated,
+    TaskVanished,
     event_id,
 )
 from poller.fastpath import feedback_key
@@ -64,12 +65,13 @@ class Observation:
     events: list[TaskEvent]
     version: int | None
 
-    def snapshot(self, current: NormalisedTask, received: int | None = None) -> Snapshot | None:
+    def snapshot(self, current: NormalisedTask, received: int | None = None,
+                 create_date: date | None = None) -> Snapshot | None:
         """The snapshot to store for the observed task (None when nothing needs writing)."""
         if self.version is None:
             return None
         return Snapshot(current.task_id, current.hash, current.document, self.version,
-                        current.modify_time, received)
+                        current.modify_time, received, create_date)
 
 
 UNCHANGED: Final = Observation([], None)
@@ -91,7 +93,7 @@ def observe(
     includes that version. `silent` (baseline) records the task without events, at version 0
     when new.
     """
-    if previous is not None and previous.hash == current.hash:
+    if previous is not None and previous.hash == current.hash and not previous.vanished:
         return UNCHANGED
     base_version = previous.version if previous is not None else 0
     if silent:
@@ -101,6 +103,8 @@ def observe(
     specs = _changes(before, after, current.hash)
     if previous is None:
         specs.insert(0, (TaskCreated, {}, current.hash))
+    elif previous.vanished:  # back from the dead: restored first, then what changed meanwhile
+        specs = [(TaskRestored, {}, current.hash), *(s for s in specs if s[0] is not TaskRestored)]
     if not specs:
         return Observation([], base_version)
     version = base_version + 1
@@ -117,6 +121,19 @@ def observe(
         for cls, detail, content in specs
     ]
     return Observation(events, version)
+
+
+def vanished(previous: Snapshot, *, observed_at: datetime, type_name: str | None = None
+             ) -> Observation:
+    """The TaskVanished of a task the sweep confirmed gone: the next version, the last known task."""
+    version = previous.version + 1
+    event = TaskVanished(
+        id=event_id(previous.task_id, "TaskVanished", version, previous.hash),
+        task_id=previous.task_id, modify_time=previous.modify_time,
+        observed_at=observed_at.astimezone(BEIJING), sequence=version, task_type_name=type_name,
+        task=normalise.to_task(previous.document),
+    )
+    return Observation([event], version)
 
 
 def observe_type(

@@ -151,9 +151,15 @@ class TaskDeleted(TaskEvent):
 
 
 class TaskRestored(TaskEvent):
-    """status changed 0 -> 1."""
+    """status changed 0 -> 1, or a vanished task reappeared (then first of its events)."""
 
     type: Literal["TaskRestored"] = "TaskRestored"
+
+
+class TaskVanished(TaskEvent):
+    """The sweep confirmed the task is gone from the API; `task` is the last known task."""
+
+    type: Literal["TaskVanished"] = "TaskVanished"
 
 
 class TaskTypeChanged(_Event):
@@ -186,13 +192,14 @@ class DeadLetter(_Event):
 TASK_EVENTS: tuple[type[TaskEvent], ...] = (
     TaskCreated, TaskUpdated, TaskReassigned, TaskDeadlineChanged, FeedbackAdded,
     TaskFeedbackSubmitted, TaskAccepted, TaskRejected, TaskReopened, TaskDeleted, TaskRestored,
+    TaskVanished,
 )
 """Every task event class, in the order of the docs/design.md §4 table."""
 
 Event = Annotated[
     TaskCreated | TaskUpdated | TaskReassigned | TaskDeadlineChanged | FeedbackAdded
     | TaskFeedbackSubmitted | TaskAccepted | TaskRejected | TaskReopened | TaskDeleted
-    | TaskRestored | TaskTypeChanged,
+    | TaskRestored | TaskVanished | TaskTypeChanged,
     Field(discriminator="type"),
 ]
 """Any event of the tasks or task-types topic, discriminated by `type`."""
@@ -271,6 +278,15 @@ def state_record(event: TaskEvent, *, source: str, max_bytes: int = DEFAULT_MAX_
                                  kind="too_large") from exc
         EVENTS_TRUNCATED.labels(type=STATE_TYPE).inc()
     return OutboundRecord(topic="state", key=key, value=value, headers=headers)
+
+
+def state_tombstone(event: TaskVanished, *, source: str) -> OutboundRecord:
+    """The current-state topic's tombstone for a vanished task: its key with no value, so
+    compaction removes the task; headers as for any state record."""
+    when = _rfc3339(event.observed_at)
+    headers = _headers(event_id(event.task_id, STATE_TYPE, event.sequence, ""), source, STATE_TYPE,
+                       event.task_id, when, when, sequence=event.sequence)
+    return OutboundRecord(topic="state", key=event.task_id.encode(), value=None, headers=headers)
 
 
 def record_size(record: OutboundRecord) -> int:

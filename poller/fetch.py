@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,6 +104,9 @@ class WaiqinClient:
         # least (N-1)/rate seconds, and a rate below 1/s works (AsyncLimiter(0.5, 1) never admits).
         self._limiter = AsyncLimiter(1, 1 / settings.rate_limit_per_s)
         self._session: aiohttp.ClientSession | None = None
+        # HTTP requests sent since start, by endpoint (every attempt: each counts against the
+        # vendor's quota); the loop keeps the daily totals in the store.
+        self.requests: Counter[str] = Counter()
 
     async def start(self) -> None:
         """Open the pooled session; a second call does nothing."""
@@ -137,27 +141,31 @@ class WaiqinClient:
     # --- the two endpoints --------------------------------------------------------------------
 
     async def iter_pages(
-        self, window: Window, *, split_days: int | None = None,
+        self, window: Window, *, split_days: int | None = None, start_page: int = 1,
+        max_pages: int | None = None,
     ) -> AsyncGenerator[Page, None]:
-        """Yield every queryTask page of `window`, page 1 first.
+        """Yield the queryTask pages of `window`, from `start_page` on.
 
         A page shorter than `rows` (or empty) is the last one: the API returns no total count.
-        With `split_days`, a window with both modify bounds is scanned as consecutive
-        sub-windows of at most that many days, oldest first (bounded result sets for backfills).
+        With `max_pages`, no more than that many pages are requested (a scan read over several
+        cycles resumes with `start_page`). With `split_days`, a window with both modify bounds is
+        scanned as consecutive sub-windows of at most that many days, oldest first.
         Raises SourceResponseError when a full page repeats the previous page's task_ids.
         """
         for sub in windows.split(window, split_days) if split_days else [window]:
-            async for page in self._scan(sub):
+            async for page in self._scan(sub, start_page, max_pages):
                 yield page
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
         """Task type records for `type_ids`, exactly as decoded (raw, possibly malformed)."""
         return await self.call(QUERY_TASK_TYPE, {"type_ids": [str(t) for t in type_ids]})
 
-    async def _scan(self, window: Window) -> AsyncGenerator[Page, None]:
+    async def _scan(self, window: Window, start_page: int, max_pages: int | None
+                    ) -> AsyncGenerator[Page, None]:
         rows = min(self._settings.page_rows, MAX_ROWS)  # Waiqin365 caps rows at 1000
         previous: list[Any] | None = None
-        number = 1
+        number = start_page
+        last = None if max_pages is None else start_page + max_pages - 1
         # Read one page ahead: the next request runs while the caller publishes and commits
         # this one, so a cycle costs max(fetch, process) per page, not their sum. Only the
         # fetch is early; pages still reach the caller, and are committed, in order.
@@ -176,9 +184,10 @@ class WaiqinClient:
                             endpoint=QUERY_TASK,
                         )
                     previous = ids
-                    ahead = self._request_page(window, number + 1, rows)
+                    if last is None or number < last:
+                        ahead = self._request_page(window, number + 1, rows)
                 yield Page(window, number, records)
-                if not full:
+                if not full or number == last:
                     return
                 number += 1
         finally:
@@ -226,6 +235,7 @@ class WaiqinClient:
         if session is None:
             raise RuntimeError("WaiqinClient.start() was not called")  # a bug, not a condition
         await self._limiter.acquire()
+        self.requests[endpoint] += 1
         path = self._signed_path(endpoint, body)
         started = time.perf_counter()
         outcome = "unavailable"

@@ -1,71 +1,41 @@
-"""Poller: lead the store, then cycle: drain the outbox, read pages, plan, commit, send."""
+"""Poller: lead the store, then cycle: drain the outbox, the window, backfills, the sweep."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import date, datetime, timedelta
 
 import structlog
 
-from poller import metrics, plan, window
+from poller import metrics, schedule, window
+from poller.backfills import Backfiller
 from poller.config import DEFAULT_MAX_MESSAGE_BYTES, PollSettings
 from poller.errors import LeadershipLost, PollerError
 from poller.fetch import Page
+from poller.history import History
 from poller.http import HealthState
 from poller.models import Commit, PollState, Window, beijing_now
 from poller.outbox import Outbox
+from poller.pages import PageReader, ReadMode, ScanStats, TaskSource
 from poller.publish import Publisher
 from poller.store.base import Leadership, SnapshotStore
 from poller.task_types import TaskTypeCatalog
 
 log = structlog.get_logger(__name__)
 
-# A first run whose full-history pass keeps seeing repeats (heavy churn) is accepted after this
-# many passes; the tasks it may have skipped are still found later, when they next change.
-MAX_FIRST_RUN_PASSES = 3
 
+@dataclass(frozen=True, slots=True)
+class ApiLimits:
+    """The API client's settings the cycle plans with."""
 
-class TaskSource(Protocol):
-    """The API client as the loop sees it."""
-
-    def iter_pages(self, window: Window, *, split_days: int | None = None
-                   ) -> AsyncGenerator[Page, None]:
-        """Every page of a queryTask scan of `window`."""
-
-    async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
-        """Raw task type records."""
-
-
-@dataclass
-class ScanStats:
-    """What one scan saw; `repeats` > 0 means pagination drift (the window stays open)."""
-
-    pages: int = 0
-    tasks: int = 0
-    repeats: int = 0
-    unchanged: int = 0
-    changed: int = 0
-    events: int = 0
-    dead_letters: int = 0
-
-    @property
-    def is_drift_free(self) -> bool:
-        return self.repeats == 0
-
-    def add(self, counts: plan.PageCounts) -> None:
-        """Count one more page."""
-        self.pages += 1
-        self.tasks += counts.records
-        self.repeats += counts.repeats
-        self.unchanged += counts.unchanged
-        self.changed += counts.changed
-        self.events += counts.events
-        self.dead_letters += sum(counts.dead_letters.values())
+    rows: int = 1000  # records per page (WAIQIN_PAGE_ROWS)
+    rate_per_s: float = 5.0  # WAIQIN_RATE_LIMIT_PER_SECOND
+    daily_budget: int | None = None  # WAIQIN_DAILY_REQUEST_BUDGET
 
 
 @dataclass
@@ -91,23 +61,29 @@ class Poller:
 
     def __init__(self, settings: PollSettings, *, client: TaskSource, store: SnapshotStore,
                  publisher: Publisher, health: HealthState, source: str,
-                 clock: Callable[[], datetime] = beijing_now,
+                 clock: Callable[[], datetime] = beijing_now, limits: ApiLimits = ApiLimits(),
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, state_topic: bool = True) -> None:
         self._settings = settings
-        self._max_message_bytes = max_message_bytes
-        self._state_topic = state_topic
         self._client = client
         self._store = store
         self._health = health
-        self._source = source
         self._clock = clock
+        self._limits = limits
         self._stop = asyncio.Event()
         self._last_success: datetime | None = None
         self._is_leading = False
         self._cycle_number = 0
+        self._next_cycle_in_s = settings.poll_interval_s
+        self._usage = _Usage(client)
         self._outbox = Outbox(store, publisher)
         self.types = TaskTypeCatalog(client, store, self._outbox, refresh_s=settings.type_refresh_s,
                                      source=source, clock=clock, max_message_bytes=max_message_bytes)
+        self.pages = PageReader(client=client, store=store, outbox=self._outbox, types=self.types,
+                                health=health, source=source, clock=clock, rows=limits.rows,
+                                max_message_bytes=max_message_bytes, state_topic=state_topic)
+        self.history = History(settings, reader=self.pages, store=store, outbox=self._outbox,
+                               types=self.types, clock=clock)
+        self.backfills = Backfiller(reader=self.pages, store=store, clock=clock)
         metrics.LAG.set_function(self._lag_s)
 
     def stop(self) -> None:
@@ -143,7 +119,10 @@ class Poller:
         self._health.set_standby(False)
         self._is_leading = True
         metrics.IS_LEADER.set(1)
-        self.types.reset()  # another leader may have changed the stored types meanwhile
+        # Another leader may have changed the stored types and cursors meanwhile.
+        self.types.reset()
+        self.history.forget()
+        self.backfills.forget()
         try:
             while not self.should_exit:
                 started = time.monotonic()
@@ -156,7 +135,7 @@ class Poller:
                     delay = backoff.failed()
                 else:
                     backoff.succeeded()
-                    delay = self._settings.poll_interval_s - (time.monotonic() - started)
+                    delay = self._next_cycle_in_s - (time.monotonic() - started)
                 await self._wait(delay)
         finally:
             self._is_leading = False
@@ -177,10 +156,9 @@ class Poller:
 
     async def backfill(self, win: Window, *, split_days: int, wait_s: float,
                        on_page: Callable[[Page, ScanStats], None] | None = None) -> ScanStats:
-        """Scan one past window as the store's leader (`waiqin-poller backfill`).
+        """Scan one past window as the store's leader, when no daemon holds the store.
 
-        Holding leadership means it never races a daemon's commits; raises LeadershipLost when
-        another poller keeps the store for longer than `wait_s`.
+        Raises LeadershipLost when another poller keeps the store for longer than `wait_s`.
         """
         lease = self._store.leadership()
         try:
@@ -189,16 +167,15 @@ class Poller:
             except TimeoutError:
                 acquired = False
             if not acquired:
-                raise LeadershipLost("another poller holds the store; stop the daemon (or scale "
-                                     "it to 0) for the backfill")
+                raise LeadershipLost("another poller holds the store")
             await self._outbox.drain(lease)
             await self.types.refresh(lease)
-            return await self.scan(win, lease, split_days=split_days, on_page=on_page)
+            return await self.pages.scan(win, lease, split_days=split_days, on_page=on_page)
         finally:
             await lease.release()
 
     async def run_cycle(self, lease: Leadership) -> ScanStats:
-        """One cycle under `lease`: the first run until it completes, then the open window."""
+        """One cycle under `lease`; the stats of its window scan (empty during the first run)."""
         self._cycle_number += 1
         with structlog.contextvars.bound_contextvars(cycle=self._cycle_number):
             return await self._run_cycle(lease)
@@ -213,109 +190,80 @@ class Poller:
             state = await self._store.load_state()
             if self._last_success is None:
                 self._last_success = state.last_success_started_at
+            await self._usage.start_cycle(self._store, started)
             await self.types.refresh(lease)
             if state.baseline_complete:
                 stats, state = await self._steady_cycle(state, started, lease)
             else:
-                metrics.FIRST_RUN_ACTIVE.set(1)
-                stats, state = await self._first_run_cycle(state, started, lease)
-            metrics.FIRST_RUN_ACTIVE.set(0 if state.baseline_complete else 1)
-            metrics.FIRST_RUN_PROGRESS.set(1 if state.baseline_complete else 0)
-            await self._store.commit(Commit(state=state), lease)
+                stats, state = ScanStats(), await self._first_run_cycle(state, started, lease)
+            state = state.model_copy(update={"last_success_started_at": started})
+            await self._store.commit(Commit(state=state, usage=self._usage.totals()), lease)
         self._last_success = started
         metrics.CYCLES.labels("success").inc()
         metrics.STORE_TASKS.set(await self._store.count_tasks())
+        metrics.FIRST_RUN_ACTIVE.set(0 if state.baseline_complete else 1)
+        if state.baseline_complete:
+            metrics.FIRST_RUN_PROGRESS.set(1)
         self._health.cycle_succeeded(self._clock())
         log.info("cycle_completed", pages=stats.pages, tasks=stats.tasks, changed=stats.changed,
                  events=stats.events, repeats=stats.repeats, dead_letters=stats.dead_letters,
+                 requests_today=self._usage.today,
                  window_from=state.window_from.isoformat() if state.window_from else None)
         return stats
 
+    async def _first_run_cycle(self, state: PollState, started: datetime, lease: Leadership) -> PollState:
+        plan = self._plan(started, window_requests=0, wanted=self._allowance(), sweep_pages=0)
+        state = await self.history.first_run(state, lease, pages=plan.extra_pages)
+        # Until the history is read, the next cycle follows at once (within the budget).
+        self._next_cycle_in_s = plan.interval_s if state.baseline_complete or plan.is_stretched else 0.0
+        return state
+
     async def _steady_cycle(self, state: PollState, started: datetime, lease: Leadership
                             ) -> tuple[ScanStats, PollState]:
+        before = self._usage.today
         win = window.cycle(state, started, lookback=self._lookback)
         metrics.WINDOW_DAYS.set(window.days(win))
-        stats = await self.scan(win, lease, previous_scan=state.last_success_started_at)
+        stats = await self.pages.scan(win, lease, mode=ReadMode(previous_scan=state.last_success_started_at))
         if not stats.is_drift_free:
             metrics.WINDOW_HELD.inc()
-        return stats, window.advance(state, started_at=started, lookback=self._lookback,
-                                     drift_free=stats.is_drift_free)
+        state = window.advance(state, started_at=started, lookback=self._lookback,
+                               drift_free=stats.is_drift_free)
+        # After the window, in its page budget: backfills first, then the sweep.
+        sweep_pages = await self._sweep_pages()
+        plan = self._plan(started, window_requests=self._usage.today - before,
+                          wanted=self._allowance() + sweep_pages, sweep_pages=sweep_pages)
+        self._next_cycle_in_s = plan.interval_s
+        used = await self.backfills.run(lease, pages=plan.extra_pages - plan.sweep_pages)
+        if self._settings.sweep_period_h > 0:
+            state = await self.history.sweep(state, lease, pages=plan.extra_pages - used)
+        return stats, state
 
-    async def _first_run_cycle(self, state: PollState, started: datetime, lease: Leadership
-                               ) -> tuple[ScanStats, PollState]:
-        mode = self._settings.start_mode
-        # baseline: record unseen tasks silently so a task first seen later really is new;
-        # replay: emit every task's events as if each were new. Tasks already stored (an
-        # interrupted first run) are diffed as usual, so a change meanwhile is not lost.
-        win = window.first_run(self._settings.start_date, started)
-        log.info("first_run_pass", mode=mode, passes=state.first_run_passes, **win.describe())
-        stats = await self.scan(win, lease, silent_new=mode == "baseline")
-        passes = state.first_run_passes + 1
-        state = state.model_copy(update={"start_mode": mode, "first_run_passes": passes})
-        if not stats.is_drift_free and passes < MAX_FIRST_RUN_PASSES:
-            metrics.WINDOW_HELD.inc()
-            return stats, state
-        state = state.model_copy(update={"baseline_complete": True})
-        return stats, window.advance(state, started_at=started, lookback=self._lookback, drift_free=True)
+    async def _sweep_pages(self) -> int:
+        if self._settings.sweep_period_h <= 0:
+            return 0
+        pages = schedule.sweep_pages_per_cycle(await self.history.pages_per_pass(),
+                                               period_h=self._settings.sweep_period_h,
+                                               interval_s=self._settings.poll_interval_s)
+        metrics.SWEEP_PAGES_PER_CYCLE.set(pages)
+        return pages
 
-    async def scan(self, win: Window, lease: Leadership, *, silent_new: bool = False,
-                   split_days: int | None = None, previous_scan: datetime | None = None,
-                   on_page: Callable[[Page, ScanStats], None] | None = None) -> ScanStats:
-        """Page through `win` under `lease`, committing and sending page by page.
+    def _plan(self, now: datetime, *, window_requests: int, wanted: int, sweep_pages: int
+              ) -> schedule.CyclePlan:
+        plan = schedule.plan_cycle(now=now, interval_s=self._settings.poll_interval_s,
+                                   window_requests=window_requests, wanted_extra=wanted,
+                                   sweep_pages=sweep_pages, budget=self._limits.daily_budget,
+                                   used_today=self._usage.today)
+        metrics.INTERVAL.set(plan.interval_s)
+        if plan.is_stretched:
+            metrics.INTERVAL_STRETCHED.inc()
+            log.warning("interval_stretched", interval_s=round(plan.interval_s, 1),
+                        budget=self._limits.daily_budget, requests_today=self._usage.today,
+                        reason="the window alone would exceed WAIQIN_DAILY_REQUEST_BUDGET")
+        return plan
 
-        Raises the source, publish and store errors of the page that failed; everything
-        committed before it stays committed (the window is simply scanned again).
-        """
-        stats = ScanStats()
-        seen: set[str] = set()
-        # aclosing: a failed page closes the scan (and drops its read-ahead request) at once.
-        async with contextlib.aclosing(self._client.iter_pages(win, split_days=split_days)) as pages:
-            async for page in pages:
-                self._health.beat()
-                context = plan.PageContext(self._source, page.window, page.number,
-                                           max_message_bytes=self._max_message_bytes,
-                                           state_topic=self._state_topic,
-                                           silent_new=silent_new, previous_scan=previous_scan)
-                structlog.contextvars.bind_contextvars(page=page.number, **page.window.describe())
-                try:
-                    counts = await self._process_page(page, seen, context, lease)
-                finally:
-                    structlog.contextvars.unbind_contextvars(
-                        "page", "modify_date_from", "modify_date_to")
-                stats.add(counts)
-                if on_page is not None:
-                    on_page(page, stats)
-        return stats
-
-    async def _process_page(self, page: Page, seen: set[str], context: plan.PageContext,
-                            lease: Leadership) -> plan.PageCounts:
-        received = plan.receive(page.records)
-        stored = await self._store.read_hashes(received.readable_ids)
-        observed = plan.observe(received, stored)
-        known = await self._known(observed, lease)
-        page_plan = plan.plan_page(observed, known, received=received, seen_in_scan=seen,
-                                   ctx=context, now=self._clock())
-        seen.update(received.readable_ids)
-        # Commit, then publish, through the outbox: a page's snapshots and the records derived
-        # from them are written in one transaction before anything is sent, so the store never
-        # runs ahead of or behind what consumers are told. A crash before the send leaves the
-        # records in the outbox (sent first thing next cycle); a failed commit sends nothing.
-        # Publishing first would lose the reverse of a change that is undone while the commit
-        # keeps failing. Shielded: a shutdown must not leave a commit half-done.
-        last_id = await asyncio.shield(self._store.commit(page_plan.commit, lease))
-        await self._outbox.send(page_plan.commit.records, last_id, lease)
-        _count(page_plan.counts)
-        return page_plan.counts
-
-    async def _known(self, observed: plan.Observed, lease: Leadership) -> plan.Known:
-        """What the store and the type catalog know about the page's changed and bad records."""
-        if not (observed.tasks or observed.rejects):
-            return plan.Known()
-        snapshots = await self._store.read_snapshots(observed.changed_ids) if observed.tasks else {}
-        dead_lettered = (await self._store.seen_dead_letters(observed.fingerprints)
-                         if observed.rejects else set())
-        names = await self.types.names_for(observed.type_ids, lease)
-        return plan.Known(snapshots, dead_lettered, names)
+    def _allowance(self) -> int:
+        """About one interval's worth of requests: what the first run or backfills may use."""
+        return schedule.interval_allowance(self._settings.poll_interval_s, self._limits.rate_per_s)
 
     @property
     def _lookback(self) -> timedelta:
@@ -328,13 +276,35 @@ class Poller:
         return max(0.0, (self._clock() - self._last_success).total_seconds())
 
 
-def _count(counts: plan.PageCounts) -> None:
-    """The metrics of one committed and sent page."""
-    metrics.TASKS_FETCHED.inc(counts.records)
-    metrics.TASKS_CHANGED.inc(counts.changed)
-    if counts.repeats:
-        metrics.SCAN_REPEATS.inc(counts.repeats)
-    if counts.skips_healed:
-        metrics.SKIPS_HEALED.inc(counts.skips_healed)
-    for kind, number in counts.dead_letters.items():
-        metrics.DEAD_LETTERS.labels(kind).inc(number)
+class _Usage:
+    """API requests made on the current Beijing day: the stored count at the day's first cycle
+    plus what the client sent since (so a restart does not reset the day's count)."""
+
+    def __init__(self, client: TaskSource) -> None:
+        self._client = client
+        self._day: date | None = None
+        self._base: Counter[str] = Counter()
+        self._sent_at_base: Counter[str] = Counter()
+
+    async def start_cycle(self, store: SnapshotStore, now: datetime) -> None:
+        day = now.date()
+        if day != self._day:
+            self._base = Counter(await store.read_usage(day))
+            self._sent_at_base = Counter(self._client.requests)
+            self._day = day
+
+    def _counts(self) -> Counter[str]:
+        sent = Counter(self._client.requests)
+        sent.subtract(self._sent_at_base)
+        return self._base + sent
+
+    @property
+    def today(self) -> int:
+        return sum(self._counts().values())
+
+    def totals(self) -> list[tuple[date, str, int]]:
+        """(day, endpoint, requests) to store."""
+        if self._day is None:
+            return []
+        metrics.API_REQUESTS_TODAY.set(self.today)
+        return [(self._day, endpoint, count) for endpoint, count in self._counts().items()]

@@ -164,6 +164,55 @@ OUTBOX_RESENT = Counter(
     "waiqin_poller_outbox_resent_total",
     "Records sent from the outbox after an interrupted send (crash, failed publish, failover).",
 )
+# --- the first run, the sweep, backfills and the API budget (docs/design.md §3, §3.1) ---------
+SWEEP_FOUND = Counter(
+    "waiqin_poller_sweep_changes_total",
+    "Changes the sweep found that the window had missed, by cause: modify_time_unchanged "
+    "(content changed, modify_time did not) or modify_time_before_window.", ["cause"],
+)
+SOURCE_LATENESS = Histogram(
+    "waiqin_poller_source_lateness_seconds",
+    "For every change found: when it was seen minus its modify_time.",
+    buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400,
+             30 * 86400),
+)
+SWEEP_PROGRESS = Gauge(
+    "waiqin_poller_sweep_progress_ratio", "Share of the history the current sweep pass has read.",
+)
+STALENESS = Gauge(
+    "waiqin_poller_verification_age_seconds",
+    "Age of the least recently verified stored task: every task was read again since then "
+    "(the staleness bound of changes that do not move modify_time).",
+)
+SWEEP_PAGES_PER_CYCLE = Gauge(
+    "waiqin_poller_sweep_pages_per_cycle", "Sweep pages each cycle reads to finish a pass in its period.",
+)
+SWEEP_PASSES = Counter("waiqin_poller_sweep_passes_total", "Sweep passes completed.")
+SLICES_REREAD = Counter(
+    "waiqin_poller_slices_reread_total",
+    "Create-date slices read again because a read saw a task twice (pagination drift).", ["kind"],
+)
+SLICES_SPLIT = Counter(
+    "waiqin_poller_slices_split_total", "Create-date slices split because they filled too many pages.",
+)
+TASKS_VANISHED = Counter(
+    "waiqin_poller_tasks_vanished_total", "Tasks confirmed gone from the API (TaskVanished).",
+)
+VANISH_BREAKER = Counter(
+    "waiqin_poller_vanish_breaker_trips_total",
+    "Slices where too many stored tasks were missing at once to believe it: nothing announced.",
+)
+BACKFILLS_DONE = Counter("waiqin_poller_backfills_completed_total", "Backfill requests completed.")
+API_REQUESTS_TODAY = Gauge(
+    "waiqin_poller_api_requests_today", "API requests made on the current Beijing day (all endpoints).",
+)
+INTERVAL = Gauge(
+    "waiqin_poller_interval_seconds", "Seconds between cycle starts (stretched under a tight budget).",
+)
+INTERVAL_STRETCHED = Counter(
+    "waiqin_poller_interval_stretched_total",
+    "Cycles whose next start was postponed because the window alone would exceed the daily budget.",
+)
 STORE_TASKS = Gauge("waiqin_poller_store_tasks", "Tasks held in the snapshot store.")
 IS_LEADER = Gauge("waiqin_poller_leader", "1 while this process is the active poller.")
 IS_STANDBY = Gauge(

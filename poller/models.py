@@ -111,6 +111,8 @@ class Snapshot:
     version: int
     modify_time: datetime | None
     received: int | None = None
+    create_date: date | None = None  # the create-date slice the task belongs to
+    vanished: bool = False  # confirmed gone from the API; kept as a tombstone
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class StoredHashes:
 
     hash: str
     received: int | None
+    vanished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +142,60 @@ class DeadLetterMark:
     task_id: str | None
 
 
+class Walk(BaseModel):
+    """Where a walk back through the create dates stands: every day after `end` has been read.
+
+    `width` is the size in days of the next slice; `dense_width` the size of the last slice that
+    held tasks. The walk's arithmetic is in poller/slices.py.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    end: date
+    width: int = 1
+    dense_width: int = 1
+
+
+class FirstRun(BaseModel):
+    """A first run in progress: read slice by slice, newest first, resumable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Literal["baseline", "replay"]
+    started_at: datetime
+    walk: Walk
+    tasks: int = 0  # tasks read by completed slices so far
+
+
+class Confirmation(BaseModel):
+    """Stored tasks missing from a complete read of a slice, to be read for once more."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: date
+    end: date
+    task_ids: tuple[str, ...]
+
+
+class Sweep(BaseModel):
+    """The reconciliation sweep's progress through the history (docs/design.md §3.1)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # The next slice ends here; None: the next pass starts at today.
+    end: date | None = None
+    # After a slice turned out over-full, the next one is at most this many days wide.
+    max_width: int | None = None
+    # When the pass in progress began, and the one before it: every task was read at least
+    # once since `previous_pass_started_at` (the staleness bound).
+    pass_started_at: datetime | None = None
+    previous_pass_started_at: datetime | None = None
+    passes: int = 0
+    confirmation: Confirmation | None = None
+
+
 class PollState(BaseModel):
-    """The poller's progress, saved in the store after each fully successful window."""
+    """The poller's progress, saved in the store after each fully successful cycle."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -148,11 +203,12 @@ class PollState(BaseModel):
     window_from: date | None = None
     # When the last fully successful cycle started (Beijing time).
     last_success_started_at: datetime | None = None
-    # The start mode the first run used, and whether its full-history scan finished.
+    # The start mode the first run used, and whether it read the whole history.
     start_mode: Literal["baseline", "replay"] | None = None
     baseline_complete: bool = False
-    # Full-history passes made so far; a pass that saw repeats is run again (see loop.py).
-    first_run_passes: int = 0
+    # The first run while it is in progress.
+    first_run: FirstRun | None = None
+    sweep: Sweep = Sweep()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +255,37 @@ class OutboundRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Backfill:
+    """A backfill request (`waiqin-poller backfill`) and how far the leader has read it.
+
+    Recorded by the command, read by the leader after the window in its page budget; the range
+    is read day by day (modify dates), `next_day` is the first day not read yet.
+    """
+
+    id: int
+    modify_from: date
+    modify_to: date
+    requested_at: datetime
+    state: Literal["pending", "running", "done", "failed"] = "pending"
+    next_day: date | None = None
+    pages: int = 0
+    tasks: int = 0
+    events: int = 0
+    finished_at: datetime | None = None
+    error: str | None = None
+
+    @property
+    def days(self) -> int:
+        return (self.modify_to - self.modify_from).days + 1
+
+    @property
+    def days_done(self) -> int:
+        if self.state == "done":
+            return self.days
+        return 0 if self.next_day is None else (self.next_day - self.modify_from).days
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """What one store transaction writes, all or nothing, fenced by the writer's leadership.
 
@@ -213,12 +300,16 @@ class Commit:
     types: Sequence[TypeSnapshot] = ()
     records: Sequence[OutboundRecord] = ()
     state: PollState | None = None
+    backfill: Backfill | None = None
+    # API requests made per (Beijing day, endpoint), as totals: the daily budget survives restarts.
+    usage: Sequence[tuple[date, str, int]] = ()
 
     @property
     def is_empty(self) -> bool:
         """True when the transaction would write nothing (and is skipped)."""
         return not (self.snapshots or self.renderings or self.marks or self.types
-                    or self.records or self.state is not None)
+                    or self.records or self.state is not None or self.backfill is not None
+                    or self.usage)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from typing import Any
 
+import orjson
 import structlog
 
 from poller import diff, events, normalise
@@ -34,6 +35,9 @@ from poller.models import (
 )
 
 log = structlog.get_logger(__name__)
+
+NO_WINDOW = Window()
+"""The window of records made outside a scan (vanished tasks)."""
 
 # modify_time has minute precision: a change stamped in the minute a scan started may be missed
 # by it without any skip having happened.
@@ -121,6 +125,8 @@ class PageContext:
     state_topic: bool = True  # a current-state record follows each observation's events
     silent_new: bool = False  # baseline: record unseen tasks without events
     previous_scan: datetime | None = None  # start of the last complete scan, to spot healed skips
+    # For sweep pages: the open window's first day, to tell why the window missed a change.
+    sweep_window_from: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,10 @@ class PageCounts:
     events: int = 0
     skips_healed: int = 0
     dead_letters: Mapping[str, int] = field(default_factory=dict)  # by kind
+    # Changes found by the sweep, by why the window missed them (docs/design.md §3.1).
+    missed_by_window: Mapping[str, int] = field(default_factory=dict)
+    # Seconds between a change's modify_time and when it was seen, per changed task.
+    lateness_s: Sequence[float] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +176,8 @@ def observe(received: Received, stored: Mapping[str, StoredHashes]) -> Observed:
     for raw, task_id, rendering in zip(received.records, received.task_ids, received.hashes,
                                        strict=True):
         known = stored.get(task_id) if task_id is not None else None
+        if known is not None and known.vanished:
+            known = None  # back after it vanished: observed in full, so it is restored
         if known is not None and known.received == rendering:
             _forget(task_id, tasks, renderings)  # on one page the last readable rendering wins
             unchanged += 1
@@ -197,6 +209,8 @@ def plan_page(observed: Observed, known: Known, *, received: Received, seen_in_s
     records: list[OutboundRecord] = []
     rejects = list(observed.rejects)
     changed = events_count = healed = 0
+    missed: Counter[str] = Counter()
+    lateness: list[float] = []
     for task_id, seen in observed.tasks.items():
         before = known.snapshots.get(task_id)
         try:
@@ -210,6 +224,11 @@ def plan_page(observed: Observed, known: Known, *, received: Received, seen_in_s
             events_count += told
             records.extend(encoded)
             healed += _was_skipped(before, seen.task, ctx.previous_scan)
+            if seen.task.modify_time is not None:
+                lateness.append((now - seen.task.modify_time).total_seconds())
+            cause = _missed_by_window(before, seen.task, ctx.sweep_window_from)
+            if cause is not None:
+                missed[cause] += 1
     marks, dead, kinds = _dead_letters(rejects, known.dead_lettered, ctx, now)
     commit = Commit(snapshots=snapshots, renderings=observed.renderings, marks=marks,
                     records=records + dead)
@@ -221,6 +240,8 @@ def plan_page(observed: Observed, known: Known, *, received: Received, seen_in_s
         events=events_count,
         skips_healed=healed,
         dead_letters=kinds,
+        missed_by_window=dict(missed),
+        lateness_s=lateness,
     )
     return PagePlan(commit, counts)
 
@@ -250,7 +271,7 @@ def _observe_task(seen: Seen, before: Snapshot | None, known: Known, ctx: PageCo
         type_name=known.type_names.get(task.type_id) if task.type_id else None,
         silent=ctx.silent_new and before is None,
     )
-    snapshot = observation.snapshot(task, seen.received)
+    snapshot = observation.snapshot(task, seen.received, created_on(task.document))
     # Only tasks whose hash differs are observed here, so there is always something to store.
     assert snapshot is not None, "a differing task always has a snapshot to store"
     records = [events.encode(event, source=ctx.source, max_bytes=ctx.max_message_bytes)
@@ -293,6 +314,81 @@ def _dead_letters(rejects: Sequence[Reject], dead_lettered: AbstractSet[str], ct
             window=ctx.window.describe(), page=ctx.page, source=ctx.source, observed_at=now,
             max_bytes=ctx.max_message_bytes))
     return marks, records, kinds
+
+
+def created_on(document: bytes) -> date | None:
+    """The create date of a canonical task document (its create-date slice), read without
+    parsing it: canonical times are RFC 3339, so the date is the first ten characters."""
+    at = document.find(b'"create_time":"')
+    if at < 0:
+        return None
+    try:
+        return date.fromisoformat(document[at + 15:at + 25].decode())
+    except ValueError:
+        return None
+
+
+def type_of(snapshot: Snapshot) -> str | None:
+    """The task type id of a stored task."""
+    type_id = orjson.loads(snapshot.document).get("task_type_id")
+    return type_id if isinstance(type_id, str) else None
+
+
+def vanished(previous: Sequence[Snapshot], *, ctx: PageContext, type_names: Mapping[str, str | None],
+             now: datetime) -> Commit:
+    """The commit of tasks the sweep confirmed gone: each kept as a tombstone at its next
+    version, announced by TaskVanished and, on the state topic, by a tombstone record."""
+    snapshots: list[Snapshot] = []
+    records: list[OutboundRecord] = []
+    for before in previous:
+        type_id = type_of(before)
+        observation = diff.vanished(before, observed_at=now,
+                                    type_name=type_names.get(type_id) if type_id else None)
+        [event] = observation.events
+        assert isinstance(event, events.TaskVanished) and observation.version is not None
+        snapshots.append(replace(before, version=observation.version, vanished=True))
+        records.append(events.encode(event, source=ctx.source, max_bytes=ctx.max_message_bytes))
+        if ctx.state_topic:
+            records.append(events.state_tombstone(event, source=ctx.source))
+    return Commit(snapshots=snapshots, records=records)
+
+
+@dataclass(frozen=True, slots=True)
+class VanishVerdict:
+    """What a complete, drift-free read of a slice means for the stored tasks it did not see."""
+
+    vanished: frozenset[str] = frozenset()  # confirmed: announce them now
+    to_confirm: frozenset[str] = frozenset()  # first miss: read the slice once more, later
+    tripped: bool = False  # too many at once: the API is serving partial data, announce nothing
+
+
+def judge_missing(stored: int, missing: AbstractSet[str], confirming: AbstractSet[str] | None, *,
+                  max_fraction: float) -> VanishVerdict:
+    """The circuit breaker and the confirmation read of docs/design.md §3.1, as a decision.
+
+    `stored` live tasks of the slice, `missing` those the read did not return; `confirming` the
+    ids a previous read missed (this read is their confirmation), or None.
+    """
+    if not missing:
+        return VanishVerdict()
+    if len(missing) > 3 and len(missing) > max_fraction * stored:
+        return VanishVerdict(tripped=True)
+    if confirming is None:
+        return VanishVerdict(to_confirm=frozenset(missing))
+    return VanishVerdict(vanished=frozenset(missing & confirming))
+
+
+def _missed_by_window(before: Snapshot | None, task: NormalisedTask,
+                      window_from: date | None) -> str | None:
+    """Why the window did not see a change the sweep found (None: not a sweep page, a new task,
+    or a change the window would have seen on its own)."""
+    if window_from is None or before is None:
+        return None
+    if task.modify_time == before.modify_time:
+        return "modify_time_unchanged"
+    if task.modify_time is not None and task.modify_time.date() < window_from:
+        return "modify_time_before_window"
+    return None
 
 
 def _was_skipped(before: Snapshot | None, task: NormalisedTask, previous_scan: datetime | None) -> bool:

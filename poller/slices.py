@@ -15,10 +15,10 @@ and its newer part read first.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, timedelta
 
-from poller.models import Window
+from poller.models import Walk, Window
 
 # The oldest create date any walk asks for. Waiqin365 went live in the early 2010s, so the
 # years before it cost one empty request.
@@ -50,26 +50,11 @@ class Slice:
         return self.start.isoformat() if self.days == 1 else f"{self.start}..{self.end}"
 
 
-@dataclass(frozen=True, slots=True)
-class Walk:
-    """Where a walk back through the history stands: every slice after `end` has been read.
-
-    `width` is the size in days of the next slice; `dense_width` the size of the last slice that
-    held tasks (used to cut back an over-full reach into an empty stretch).
-    """
-
-    end: date
-    width: int = 1
-    dense_width: int = 1
-
-    def is_done(self, floor: date = FLOOR) -> bool:
-        return self.end < floor
-
-    def slice(self, floor: date = FLOOR) -> Slice | None:
-        """The next slice to read, or None when the walk reached the floor."""
-        if self.is_done(floor):
-            return None
-        return Slice(max(floor, self.end - timedelta(days=self.width - 1)), self.end)
+def next_slice(walk: Walk, floor: date = FLOOR) -> Slice | None:
+    """The next slice of a walk, or None when it reached the floor."""
+    if walk.end < floor:
+        return None
+    return Slice(max(floor, walk.end - timedelta(days=walk.width - 1)), walk.end)
 
 
 def start(today: date) -> Walk:
@@ -94,7 +79,7 @@ def after_overflow(walk: Walk, read: Slice) -> Walk:
     if read.days == 1:
         raise ValueError("a single day cannot be split; it is read whole")
     width = max(1, min(read.days // 2, 2 * walk.dense_width))
-    return replace(walk, end=read.end, width=width)
+    return walk.model_copy(update={"end": read.end, "width": width})
 
 
 def is_overflowing(read: Slice, full_pages: int, *, max_pages: int) -> bool:

@@ -12,13 +12,6 @@ def beijing_date(moment: datetime) -> date:
     return moment.astimezone(BEIJING).date()
 
 
-def first_run(start_date: date | None, now: datetime) -> Window:
-    """The full-history scan of the first run: everything, or modified since `start_date`."""
-    if start_date is None:
-        return Window()
-    return Window(modify_from=start_date, modify_to=max(start_date, beijing_date(now)))
-
-
 def cycle(state: PollState, now: datetime, *, lookback: timedelta) -> Window:
     """The modify-date window of a steady-state cycle: [open start, today].
 

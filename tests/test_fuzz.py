@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -117,8 +118,10 @@ class _Pages:
 
     def __init__(self, pages: list[list[Any]]) -> None:
         self._pages = pages
+        self.requests: Counter[str] = Counter()
 
-    async def iter_pages(self, window: Window, *, split_days: int | None = None) -> AsyncIterator[Page]:
+    async def iter_pages(self, window: Window, *, split_days: int | None = None, start_page: int = 1,
+                         max_pages: int | None = None) -> AsyncIterator[Page]:
         for number, records in enumerate(self._pages, start=1):
             yield Page(window, number, records)
 
@@ -135,7 +138,7 @@ async def _scan(pages: list[list[Any]]) -> tuple[MemoryStore, MemoryPublisher]:
     lease = store.leadership()
     assert await lease.acquire(asyncio.Event())
     today = datetime.now(UTC).date()
-    await poller.scan(Window(modify_from=today, modify_to=today), lease)
+    await poller.pages.scan(Window(modify_from=today, modify_to=today), lease)
     return store, publisher
 
 

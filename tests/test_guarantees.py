@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +54,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.tasks = {task_id: _task(task_id, 0, "2026-03-01 08:00") for task_id in TASK_IDS}
         self.minute = 0
+        self.requests: Counter[str] = Counter()
 
     def change(self, task_id: str, state: int) -> None:
         """Put a task into one of STATES, stamped with the current minute."""
@@ -65,10 +67,14 @@ class FakeApi:
     def _stamp(self) -> str:
         return (START + timedelta(minutes=self.minute)).strftime("%Y-%m-%d %H:%M")
 
-    async def iter_pages(self, window: Window, *, split_days: int | None = None) -> AsyncIterator[Page]:
+    async def iter_pages(self, window: Window, *, split_days: int | None = None, start_page: int = 1,
+                         max_pages: int | None = None) -> AsyncIterator[Page]:
+        """Every task, two per page (create-date filters are ignored: one slice holds them all)."""
         records = [_render(task, n) for n, task in enumerate(self.tasks.values())]
-        for number, start in enumerate(range(0, len(records) + 1, 2), start=1):
-            yield Page(window, number, records[start:start + 2])
+        pages = [records[start:start + 2] for start in range(0, len(records) + 1, 2)]
+        last = len(pages) if max_pages is None else min(len(pages), start_page + max_pages - 1)
+        for number in range(start_page, last + 1):
+            yield Page(window, number, pages[number - 1])
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
         return []

@@ -23,8 +23,9 @@ from poller.errors import (
 )
 from poller.fetch import Page, WaiqinClient
 from poller.http import HealthState
-from poller.loop import Poller, ScanStats
+from poller.loop import Poller
 from poller.models import Commit, OutboundRecord, Window, beijing_now
+from poller.pages import ScanStats
 from poller.publish import MemoryPublisher
 from poller.simulator import Simulator
 from poller.store.memory import MemoryStore
@@ -201,7 +202,7 @@ class TestSteadyState:
         lease = rig.store.leadership()
         assert await lease.acquire(asyncio.Event())
         repeats = metric("waiqin_poller_scan_repeats_total")
-        stats = await rig.poller.scan(win, lease, on_page=mutate_after_first_page)
+        stats = await rig.poller.pages.scan(win, lease, on_page=mutate_after_first_page)
         await lease.release()
         assert stats.repeats >= 1 and metric("waiqin_poller_scan_repeats_total") > repeats
         assert rig.types().count("TaskUpdated") == 1

@@ -34,6 +34,7 @@ def sample_records() -> list[OutboundRecord]:
         ))
     observations.append(diff.observe(stored(after(status="0")), normalise.task(after()),
                                      observed_at=OBSERVED_AT))
+    observations.append(diff.vanished(stored(BEFORE), observed_at=OBSERVED_AT, type_name="巡检"))
     records = [events.encode(event, source="test") for obs in observations for event in obs.events]
     [type_event], _ = diff.observe_type(
         normalise.task_type({"type_id": "1", "type_name": "a"}),

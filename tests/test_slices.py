@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poller import slices
-from poller.models import Window
-from poller.slices import FLOOR, Slice, Walk
+from poller.models import Walk, Window
+from poller.slices import FLOOR, Slice
 
 TODAY = date(2026, 11, 25)
 ROWS, MAX_PAGES = 100, 10
@@ -24,7 +24,7 @@ def read_walk(counts: dict[date, int], today: date = TODAY) -> tuple[list[Slice]
     walk = slices.start(today)
     done: list[Slice] = []
     requests = 0
-    while (read := walk.slice()) is not None:
+    while (read := slices.next_slice(walk)) is not None:
         tasks = sum(n for d, n in counts.items() if read.start <= d <= read.end)
         full = tasks // ROWS
         if slices.is_overflowing(read, full, max_pages=MAX_PAGES):
@@ -56,36 +56,36 @@ class TestSlice:
 class TestWalk:
     def test_starts_with_today(self) -> None:
         """The first slice of a walk is today alone."""
-        assert slices.start(TODAY).slice() == Slice(TODAY, TODAY)
+        assert slices.next_slice(slices.start(TODAY)) == Slice(TODAY, TODAY)
 
     def test_sizes_follow_the_fill(self) -> None:
         """A slice half as full as the target makes the next one twice as wide (at most 4x)."""
         week = Slice(TODAY - timedelta(days=6), TODAY)
-        walk = slices.after_read(Walk(TODAY, 7), week, 250, rows=ROWS, max_pages=MAX_PAGES)
+        walk = slices.after_read(Walk(end=TODAY, width=7), week, 250, rows=ROWS, max_pages=MAX_PAGES)
         assert walk.end == TODAY - timedelta(days=7) and walk.width == 14
-        walk = slices.after_read(Walk(TODAY, 7), week, 1, rows=ROWS, max_pages=MAX_PAGES)
+        walk = slices.after_read(Walk(end=TODAY, width=7), week, 1, rows=ROWS, max_pages=MAX_PAGES)
         assert walk.width == 28
 
     def test_an_empty_slice_reaches_the_floor(self) -> None:
         """After an empty slice, everything older is one slice: the empty years cost one request."""
-        walk = slices.after_read(Walk(TODAY, 30, 30), Slice(TODAY - timedelta(days=29), TODAY), 0,
+        walk = slices.after_read(Walk(end=TODAY, width=30, dense_width=30), Slice(TODAY - timedelta(days=29), TODAY), 0,
                                  rows=ROWS, max_pages=MAX_PAGES)
-        assert walk.slice() == Slice(FLOOR, TODAY - timedelta(days=30))
+        assert slices.next_slice(walk) == Slice(FLOOR, TODAY - timedelta(days=30))
         assert walk.dense_width == 30
 
     def test_an_over_full_reach_reads_its_newer_part_first(self) -> None:
         """An over-full slice is cut back to its newer part, at most twice the last dense width."""
-        walk = Walk(date(2025, 1, 31), (date(2025, 1, 31) - FLOOR).days + 1, dense_width=5)
-        read = walk.slice()
+        walk = Walk(end=date(2025, 1, 31), width=(date(2025, 1, 31) - FLOOR).days + 1, dense_width=5)
+        read = slices.next_slice(walk)
         assert read is not None and read.start == FLOOR
         walk = slices.after_overflow(walk, read)
-        assert walk.slice() == Slice(date(2025, 1, 22), date(2025, 1, 31))
+        assert slices.next_slice(walk) == Slice(date(2025, 1, 22), date(2025, 1, 31))
 
     def test_a_single_day_is_never_split(self) -> None:
         """One day is read whole, however many pages it fills."""
         assert not slices.is_overflowing(Slice(TODAY, TODAY), 50, max_pages=MAX_PAGES)
         with pytest.raises(ValueError, match="single day"):
-            slices.after_overflow(Walk(TODAY), Slice(TODAY, TODAY))
+            slices.after_overflow(Walk(end=TODAY), Slice(TODAY, TODAY))
 
     @settings(deadline=None)
     @given(st.dictionaries(st.dates(min_value=date(2012, 1, 1), max_value=TODAY),

@@ -24,17 +24,6 @@ class TestBeijingDate:
         assert window.beijing_date(datetime(2026, 3, 1, 16, 30, tzinfo=UTC)) == date(2026, 3, 2)
 
 
-class TestFirstRun:
-    def test_whole_history_has_no_filter(self) -> None:
-        """Without a start date the first run asks for everything."""
-        assert window.first_run(None, bj(2026, 3, 1, 9)) == Window()
-
-    def test_start_date_bounds_modify_dates(self) -> None:
-        """With a start date the first run scans [start date, today]."""
-        assert window.first_run(date(2026, 1, 1), bj(2026, 3, 1, 9)) == Window(
-            modify_from=date(2026, 1, 1), modify_to=date(2026, 3, 1))
-
-
 class TestCycle:
     def test_steady_state_is_today_only(self) -> None:
         """In steady state the window is today only."""

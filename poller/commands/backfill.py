@@ -11,8 +11,9 @@ from poller import app
 from poller.config import Settings
 from poller.fetch import Page, WaiqinClient
 from poller.http import HealthState
-from poller.loop import Poller, ScanStats
+from poller.loop import Poller
 from poller.models import Window
+from poller.pages import ScanStats
 from poller.publish import KafkaPublisher
 from poller.store import open_store
 from poller.window import days
@@ -36,7 +37,7 @@ async def run(settings: Settings, start: date, end: date, *, days_per_request: i
             async with WaiqinClient(settings.waiqin) as client:
                 poller = Poller(settings.poll, client=client, store=store, publisher=publisher,
                                 health=HealthState(stuck_after_s=UNPROBED_S, ready_window_s=UNPROBED_S),
-                                source=app.event_source(settings),
+                                source=app.event_source(settings), limits=app.api_limits(settings),
                                 max_message_bytes=settings.kafka.max_message_bytes,
                                 state_topic=settings.topics.state_enabled)
                 stats = await _scan_with_progress(poller, win, console, days_per_request)

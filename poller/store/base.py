@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
+from datetime import date, datetime
 from typing import Protocol
 
-from poller.models import Commit, OutboxEntry, PollState, Snapshot, StoredHashes, TypeSnapshot
+from poller.models import (
+    Backfill,
+    Commit,
+    OutboxEntry,
+    PollState,
+    Snapshot,
+    StoredHashes,
+    TypeSnapshot,
+)
 
 
 class Leadership(Protocol):
@@ -52,6 +61,19 @@ class SnapshotStore(Protocol):
     async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks (absent ids are missing), in one query."""
 
+    async def created_counts(self, modify_from: date | None = None) -> dict[date, int]:
+        """Live (not vanished) stored tasks per create date; with `modify_from`, only tasks
+        modified since (POLLER_START_DATE: the API never returns the others)."""
+
+    async def created_ids(self, start: date, end: date, modify_from: date | None = None) -> set[str]:
+        """The ids of live stored tasks created from `start` to `end` (a create-date slice)."""
+
+    async def snapshot_page(self, after: str | None, limit: int, *,
+                            created: tuple[date, date] | None = None,
+                            task_ids: Collection[str] | None = None) -> list[Snapshot]:
+        """Up to `limit` live snapshots with task_id greater than `after`, in task_id order;
+        optionally only those created in a date range, or only these ids."""
+
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
         """Which of these dead-letter fingerprints were already committed."""
 
@@ -77,6 +99,16 @@ class SnapshotStore(Protocol):
 
     async def load_state(self) -> PollState:
         """The saved poll state; PollState() on a new store."""
+
+    async def request_backfill(self, modify_from: date, modify_to: date, requested_at: datetime
+                               ) -> Backfill:
+        """Record a backfill request for the leader (any process may ask: not fenced)."""
+
+    async def backfills(self, *, active_only: bool = True) -> list[Backfill]:
+        """Backfill requests, oldest first: those pending or running, or all of them."""
+
+    async def read_usage(self, day: date) -> dict[str, int]:
+        """API requests made on a Beijing day, by endpoint."""
 
     async def count_tasks(self) -> int:
         """How many tasks the store holds (for the store-size metric)."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection
+from dataclasses import replace
+from datetime import date, datetime
 
 from poller.errors import LeadershipLost, StoreError, StoreUnavailable
 from poller.models import (
+    Backfill,
     Commit,
     DeadLetterMark,
     OutboxEntry,
@@ -33,6 +36,8 @@ class MemoryStore:
         self.types: dict[str, TypeSnapshot] = {}
         self.dead_letters: dict[str, DeadLetterMark] = {}
         self.outbox: dict[int, OutboxEntry] = {}
+        self.backfill_requests: dict[int, Backfill] = {}
+        self.usage: dict[tuple[date, str], int] = {}
         self.state = PollState()
         self.started = False
         self.commits = 0  # successful commits that wrote something
@@ -80,12 +85,38 @@ class MemoryStore:
         """The stored hashes of these tasks."""
         self._enter("read_hashes")
         found = (self.snapshots.get(i) for i in task_ids)
-        return {s.task_id: StoredHashes(s.hash, s.received) for s in found if s is not None}
+        return {s.task_id: StoredHashes(s.hash, s.received, s.vanished) for s in found if s is not None}
 
     async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks."""
         self._enter("read_snapshots")
         return {i: self.snapshots[i] for i in task_ids if i in self.snapshots}
+
+    def _live(self, modify_from: date | None) -> list[Snapshot]:
+        return [s for s in self.snapshots.values() if not s.vanished and (
+            modify_from is None or (s.modify_time is not None and s.modify_time.date() >= modify_from))]
+
+    async def created_counts(self, modify_from: date | None = None) -> dict[date, int]:
+        """Live stored tasks per create date."""
+        self._enter("created_counts")
+        return dict(Counter(s.create_date for s in self._live(modify_from) if s.create_date))
+
+    async def created_ids(self, start: date, end: date, modify_from: date | None = None) -> set[str]:
+        """Ids of live stored tasks created from `start` to `end`."""
+        self._enter("created_ids")
+        return {s.task_id for s in self._live(modify_from)
+                if s.create_date is not None and start <= s.create_date <= end}
+
+    async def snapshot_page(self, after: str | None, limit: int, *,
+                            created: tuple[date, date] | None = None,
+                            task_ids: Collection[str] | None = None) -> list[Snapshot]:
+        """Live snapshots after `after` in task_id order, optionally by create date or ids."""
+        self._enter("snapshot_page")
+        chosen = [s for s in self._live(None) if s.task_id > (after or "")
+                  and (created is None or (s.create_date is not None
+                                           and created[0] <= s.create_date <= created[1]))
+                  and (task_ids is None or s.task_id in task_ids)]
+        return sorted(chosen, key=lambda s: s.task_id)[:limit]
 
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
         """Which of these fingerprints were already marked."""
@@ -101,14 +132,16 @@ class MemoryStore:
             raise LeadershipLost("not the leader of the memory store: nothing was written")
         self.snapshots.update((s.task_id, s) for s in last_wins(commit.snapshots, lambda s: s.task_id))
         for task_id, received in commit.renderings:
-            stored = self.snapshots[task_id]
-            self.snapshots[task_id] = Snapshot(stored.task_id, stored.hash, stored.document,
-                                               stored.version, stored.modify_time, received)
+            self.snapshots[task_id] = replace(self.snapshots[task_id], received=received)
         for mark in commit.marks:
             self.dead_letters.setdefault(mark.fingerprint, mark)
         self.types.update((t.type_id, t) for t in commit.types)
         if commit.state is not None:
             self.state = commit.state
+        for day, endpoint, count in commit.usage:
+            self.usage[(day, endpoint)] = max(count, self.usage.get((day, endpoint), 0))
+        if commit.backfill is not None:
+            self.backfill_requests[commit.backfill.id] = commit.backfill
         last = None
         for record in commit.records:
             last = self._next_outbox_id
@@ -144,6 +177,25 @@ class MemoryStore:
         """The saved poll state."""
         self._enter("load_state")
         return self.state
+
+    async def request_backfill(self, modify_from: date, modify_to: date, requested_at: datetime
+                               ) -> Backfill:
+        """Record a backfill request."""
+        self._enter("request_backfill")
+        request = Backfill(len(self.backfill_requests) + 1, modify_from, modify_to, requested_at)
+        self.backfill_requests[request.id] = request
+        return request
+
+    async def backfills(self, *, active_only: bool = True) -> list[Backfill]:
+        """Backfill requests, oldest first."""
+        self._enter("backfills")
+        return [b for _, b in sorted(self.backfill_requests.items())
+                if not active_only or b.state in ("pending", "running")]
+
+    async def read_usage(self, day: date) -> dict[str, int]:
+        """API requests made on a Beijing day, by endpoint."""
+        self._enter("read_usage")
+        return {endpoint: count for (when, endpoint), count in self.usage.items() if when == day}
 
     async def count_tasks(self) -> int:
         """How many tasks the store holds."""

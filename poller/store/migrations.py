@@ -117,12 +117,50 @@ _V3_POSTGRESQL = (
     " id BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, key BYTEA, value BYTEA, headers BYTEA NOT NULL)",
 )
 
+# The reconciliation sweep (docs/design.md §3.1) reads the history by create date and must know
+# which stored tasks a slice holds; vanished tasks stay as tombstones; backfill requests are
+# recorded by the command and run by the leader; API requests are counted per Beijing day.
+_V4_SQLITE = (
+    "ALTER TABLE tasks ADD COLUMN create_date TEXT",
+    "ALTER TABLE tasks ADD COLUMN vanished INTEGER NOT NULL DEFAULT 0",
+    "UPDATE tasks SET create_date ="
+    " substr(json_extract(CAST(document AS TEXT), '$.create_time'), 1, 10)",
+    "CREATE INDEX tasks_created ON tasks (create_date)",
+    "DROP INDEX tasks_fast_path",
+    "CREATE INDEX tasks_fast_path ON tasks (task_id, hash, received, vanished)",
+    "CREATE TABLE backfills ("
+    " id INTEGER PRIMARY KEY, modify_from TEXT NOT NULL, modify_to TEXT NOT NULL,"
+    " requested_at TEXT NOT NULL, state TEXT NOT NULL, next_day TEXT, pages INTEGER NOT NULL,"
+    " tasks INTEGER NOT NULL, events INTEGER NOT NULL, finished_at TEXT, error TEXT)",
+    "CREATE TABLE api_usage ("
+    " day TEXT NOT NULL, endpoint TEXT NOT NULL, requests INTEGER NOT NULL,"
+    " PRIMARY KEY (day, endpoint)) WITHOUT ROWID",
+)
+_V4_POSTGRESQL = (
+    "ALTER TABLE tasks ADD COLUMN create_date DATE",
+    "ALTER TABLE tasks ADD COLUMN vanished BOOLEAN NOT NULL DEFAULT false",
+    "UPDATE tasks SET create_date ="
+    " substring(convert_from(document, 'UTF8')::jsonb->>'create_time' from 1 for 10)::date",
+    "CREATE INDEX tasks_created ON tasks (create_date)",
+    "DROP INDEX tasks_fast_path",
+    "CREATE INDEX tasks_fast_path ON tasks (task_id) INCLUDE (hash, received, vanished)",
+    "CREATE TABLE backfills ("
+    " id BIGSERIAL PRIMARY KEY, modify_from DATE NOT NULL, modify_to DATE NOT NULL,"
+    " requested_at TIMESTAMPTZ NOT NULL, state TEXT NOT NULL, next_day DATE, pages BIGINT NOT NULL,"
+    " tasks BIGINT NOT NULL, events BIGINT NOT NULL, finished_at TIMESTAMPTZ, error TEXT)",
+    "CREATE TABLE api_usage ("
+    " day DATE NOT NULL, endpoint TEXT NOT NULL, requests BIGINT NOT NULL,"
+    " PRIMARY KEY (day, endpoint))",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "snapshots, task types, dead-letter marks, poll state", _V1_SQLITE, _V1_POSTGRESQL
     ),
     Migration(2, "covering index for the hash fast path", _V2_SQLITE, _V2_POSTGRESQL),
     Migration(3, "outbox, rendering hashes, task type versions", _V3_SQLITE, _V3_POSTGRESQL),
+    Migration(4, "create dates, tombstones, backfill requests, API usage", _V4_SQLITE,
+              _V4_POSTGRESQL),
 )
 """Every schema step this release knows, in order; append, never edit a released step."""
 

@@ -6,13 +6,23 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
 import structlog
 
 from poller.errors import LeadershipLost, PollerError, StoreConflict, StoreError, StoreUnavailable
-from poller.models import Commit, OutboxEntry, PollState, Snapshot, StoredHashes, TypeSnapshot
+from poller.models import (
+    BEIJING,
+    Backfill,
+    Commit,
+    OutboxEntry,
+    PollState,
+    Snapshot,
+    StoredHashes,
+    TypeSnapshot,
+)
 from poller.store.base import Leadership
 from poller.store.migrations import VERSION_TABLE, pending
 from poller.store.rows import as_beijing, describe_url, last_wins, outbox_entry, outbox_row
@@ -48,12 +58,25 @@ LEADER_SERVER_SETTINGS = {
     "tcp_keepalives_count": "3",
 }
 
-_TASK_COLUMNS = "task_id, hash, document, version, modify_time, received"
+_TASK_COLUMNS = "task_id, hash, document, version, modify_time, received, create_date, vanished"
 _UPSERT_TASKS = (
     f"INSERT INTO tasks ({_TASK_COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[],"
-    " $3::bytea[], $4::bigint[], $5::timestamptz[], $6::bigint[])"
+    " $3::bytea[], $4::bigint[], $5::timestamptz[], $6::bigint[], $7::date[], $8::boolean[])"
     " ON CONFLICT (task_id) DO UPDATE SET hash = excluded.hash, document = excluded.document,"
-    " version = excluded.version, modify_time = excluded.modify_time, received = excluded.received"
+    " version = excluded.version, modify_time = excluded.modify_time, received = excluded.received,"
+    " create_date = excluded.create_date, vanished = excluded.vanished"
+)
+_BACKFILL_COLUMNS = (
+    "id, modify_from, modify_to, requested_at, state, next_day, pages, tasks, events, finished_at, error"
+)
+_UPDATE_BACKFILL = (
+    "UPDATE backfills SET state = $1, next_day = $2, pages = $3, tasks = $4, events = $5,"
+    " finished_at = $6, error = $7 WHERE id = $8"
+)
+_UPSERT_USAGE = (
+    "INSERT INTO api_usage (day, endpoint, requests) SELECT * FROM unnest($1::date[], $2::text[],"
+    " $3::bigint[]) ON CONFLICT (day, endpoint) DO UPDATE"
+    " SET requests = greatest(api_usage.requests, excluded.requests)"
 )
 _UPDATE_RENDERINGS = (
     "UPDATE tasks SET received = r.received FROM unnest($1::text[], $2::bigint[])"
@@ -109,7 +132,15 @@ def map_error(exc: BaseException, where: str) -> StoreError:
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(
         row["task_id"], row["hash"], bytes(row["document"]), int(row["version"]),
-        as_beijing(row["modify_time"]), row["received"],
+        as_beijing(row["modify_time"]), row["received"], row["create_date"], row["vanished"],
+    )
+
+
+def _backfill(row: Any) -> Backfill:
+    return Backfill(
+        int(row["id"]), row["modify_from"], row["modify_to"], row["requested_at"].astimezone(BEIJING),
+        row["state"], row["next_day"], int(row["pages"]), int(row["tasks"]), int(row["events"]),
+        as_beijing(row["finished_at"]), row["error"],
     )
 
 
@@ -217,8 +248,9 @@ class PostgresStore:
             return {}
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT task_id, hash, received FROM tasks WHERE task_id = ANY($1::text[])", ids)
-        return {row[0]: StoredHashes(row[1], row[2]) for row in rows}
+                "SELECT task_id, hash, received, vanished FROM tasks WHERE task_id = ANY($1::text[])",
+                ids)
+        return {row[0]: StoredHashes(row[1], row[2], row[3]) for row in rows}
 
     async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, in one `= ANY($1)` query."""
@@ -230,6 +262,37 @@ class PostgresStore:
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ANY($1::text[])", ids,
             )
         return {row["task_id"]: _snapshot(row) for row in rows}
+
+    async def created_counts(self, modify_from: date | None = None) -> dict[date, int]:
+        """Live stored tasks per create date (optionally only those modified since a date)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT create_date, count(*) FROM tasks WHERE create_date IS NOT NULL"
+                " AND NOT vanished AND ($1::date IS NULL OR modify_time >= $1::date)"
+                " GROUP BY create_date", modify_from)
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def created_ids(self, start: date, end: date, modify_from: date | None = None) -> set[str]:
+        """Ids of live stored tasks created from `start` to `end`."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT task_id FROM tasks WHERE create_date BETWEEN $1 AND $2 AND NOT vanished"
+                " AND ($3::date IS NULL OR modify_time >= $3::date)", start, end, modify_from)
+        return {row[0] for row in rows}
+
+    async def snapshot_page(self, after: str | None, limit: int, *,
+                            created: tuple[date, date] | None = None,
+                            task_ids: Collection[str] | None = None) -> list[Snapshot]:
+        """Live snapshots after `after` in task_id order, optionally by create date or ids."""
+        start, end = created if created is not None else (None, None)
+        ids = None if task_ids is None else sorted(set(task_ids))
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE NOT vanished AND task_id > $1"
+                " AND ($2::date IS NULL OR create_date BETWEEN $2::date AND $3::date)"
+                " AND ($4::text[] IS NULL OR task_id = ANY($4::text[]))"
+                " ORDER BY task_id LIMIT $5", after or "", start, end, ids, limit)
+        return [_snapshot(row) for row in rows]
 
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
         """Which of these dead-letter fingerprints were already committed."""
@@ -248,34 +311,13 @@ class PostgresStore:
             return None
         if not isinstance(lease, AdvisoryLeadership):
             raise LeadershipLost(f"not a leadership of {self.where}: nothing was written")
-        tasks = last_wins(commit.snapshots, lambda s: s.task_id)
-        marks = last_wins(commit.marks, lambda m: m.fingerprint)
-        types = last_wins(commit.types, lambda t: t.type_id)
-        rows = [outbox_row(record) for record in commit.records]
         async with self._connection() as conn, conn.transaction():
             await _fence(conn, lease)
-            if tasks:
-                await conn.execute(
-                    _UPSERT_TASKS, [s.task_id for s in tasks], [s.hash for s in tasks],
-                    [s.document for s in tasks], [s.version for s in tasks],
-                    [as_beijing(s.modify_time) for s in tasks], [s.received for s in tasks],
-                )
-            if commit.renderings:
-                await conn.execute(_UPDATE_RENDERINGS, [t for t, _ in commit.renderings],
-                                   [r for _, r in commit.renderings])
-            if marks:
-                await conn.execute(
-                    _INSERT_MARKS, [m.fingerprint for m in marks], [m.task_id for m in marks]
-                )
-            if types:
-                await conn.execute(
-                    _UPSERT_TYPES, [t.type_id for t in types], [t.hash for t in types],
-                    [t.document for t in types], [t.version for t in types],
-                )
-            if commit.state is not None:
-                await conn.execute(_UPSERT_STATE, commit.state.model_dump_json())
-            if not rows:
+            await _write_tasks(conn, commit)
+            await _write_progress(conn, commit)
+            if not commit.records:
                 return None
+            rows = [outbox_row(record) for record in commit.records]
             last = await conn.fetchval(_INSERT_OUTBOX, *(list(column) for column in zip(*rows, strict=True)))
         return int(last)
 
@@ -326,6 +368,29 @@ class PostgresStore:
                 f"PostgreSQL store {self.where} holds an unreadable poll state"
             ) from exc
 
+    async def request_backfill(self, modify_from: date, modify_to: date, requested_at: datetime
+                               ) -> Backfill:
+        """Record a backfill request (not fenced: the command asks while a daemon leads)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO backfills (modify_from, modify_to, requested_at, state, pages, tasks,"
+                f" events) VALUES ($1, $2, $3, 'pending', 0, 0, 0) RETURNING {_BACKFILL_COLUMNS}",
+                modify_from, modify_to, requested_at)
+        return _backfill(row)
+
+    async def backfills(self, *, active_only: bool = True) -> list[Backfill]:
+        """Backfill requests, oldest first."""
+        where = " WHERE state IN ('pending', 'running')" if active_only else ""
+        async with self._connection() as conn:
+            rows = await conn.fetch(f"SELECT {_BACKFILL_COLUMNS} FROM backfills{where} ORDER BY id")
+        return [_backfill(row) for row in rows]
+
+    async def read_usage(self, day: date) -> dict[str, int]:
+        """API requests made on a Beijing day, by endpoint."""
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT endpoint, requests FROM api_usage WHERE day = $1", day)
+        return {row[0]: int(row[1]) for row in rows}
+
     async def count_tasks(self) -> int:
         """How many tasks the store holds: a trigger-maintained counter, not a scan."""
         async with self._connection() as conn:
@@ -343,6 +408,40 @@ class PostgresStore:
         its session, so a leader that lost it (and may have been replaced) writes nothing.
         """
         return AdvisoryLeadership(self._dsn, connect_timeout_s=self._connect_timeout_s)
+
+
+async def _write_tasks(conn: Any, commit: Commit) -> None:
+    """A commit's snapshots, rendering hashes, dead-letter marks and task types."""
+    tasks = last_wins(commit.snapshots, lambda s: s.task_id)
+    if tasks:
+        await conn.execute(
+            _UPSERT_TASKS, [s.task_id for s in tasks], [s.hash for s in tasks],
+            [s.document for s in tasks], [s.version for s in tasks],
+            [as_beijing(s.modify_time) for s in tasks], [s.received for s in tasks],
+            [s.create_date for s in tasks], [s.vanished for s in tasks],
+        )
+    if commit.renderings:
+        await conn.execute(_UPDATE_RENDERINGS, [t for t, _ in commit.renderings],
+                           [r for _, r in commit.renderings])
+    marks = last_wins(commit.marks, lambda m: m.fingerprint)
+    if marks:
+        await conn.execute(_INSERT_MARKS, [m.fingerprint for m in marks], [m.task_id for m in marks])
+    types = last_wins(commit.types, lambda t: t.type_id)
+    if types:
+        await conn.execute(_UPSERT_TYPES, [t.type_id for t in types], [t.hash for t in types],
+                           [t.document for t in types], [t.version for t in types])
+
+
+async def _write_progress(conn: Any, commit: Commit) -> None:
+    """A commit's poll state, API usage and backfill progress."""
+    if commit.state is not None:
+        await conn.execute(_UPSERT_STATE, commit.state.model_dump_json())
+    if commit.usage:
+        await conn.execute(_UPSERT_USAGE, *(list(c) for c in zip(*commit.usage, strict=True)))
+    if commit.backfill is not None:
+        b = commit.backfill
+        await conn.execute(_UPDATE_BACKFILL, b.state, b.next_day, b.pages, b.tasks, b.events,
+                           as_beijing(b.finished_at), b.error, b.id)
 
 
 async def _fence(conn: Any, lease: AdvisoryLeadership) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,16 @@ import structlog
 from pydantic import ValidationError
 
 from poller.errors import LeadershipLost, PollerError, StoreConflict, StoreError, StoreUnavailable
-from poller.models import BEIJING, Commit, OutboxEntry, PollState, Snapshot, StoredHashes, TypeSnapshot
+from poller.models import (
+    BEIJING,
+    Backfill,
+    Commit,
+    OutboxEntry,
+    PollState,
+    Snapshot,
+    StoredHashes,
+    TypeSnapshot,
+)
 from poller.store.base import Leadership
 from poller.store.locks import FileLeadership
 from poller.store.migrations import LATEST_VERSION, VERSION_TABLE, pending
@@ -45,11 +54,23 @@ RETRIABLE_CODES = frozenset({
     sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL,
 })
 
-_TASK_COLUMNS = "task_id, hash, document, version, modify_time, received"
+_TASK_COLUMNS = "task_id, hash, document, version, modify_time, received, create_date, vanished"
 _UPSERT_TASK = (
-    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE"
-    " SET hash = excluded.hash, document = excluded.document, version = excluded.version,"
-    " modify_time = excluded.modify_time, received = excluded.received"
+    f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id)"
+    " DO UPDATE SET hash = excluded.hash, document = excluded.document, version = excluded.version,"
+    " modify_time = excluded.modify_time, received = excluded.received,"
+    " create_date = excluded.create_date, vanished = excluded.vanished"
+)
+_BACKFILL_COLUMNS = (
+    "id, modify_from, modify_to, requested_at, state, next_day, pages, tasks, events, finished_at, error"
+)
+_UPDATE_BACKFILL = (
+    "UPDATE backfills SET state = ?, next_day = ?, pages = ?, tasks = ?, events = ?,"
+    " finished_at = ?, error = ? WHERE id = ?"
+)
+_UPSERT_USAGE = (
+    "INSERT INTO api_usage (day, endpoint, requests) VALUES (?, ?, ?)"
+    " ON CONFLICT (day, endpoint) DO UPDATE SET requests = max(requests, excluded.requests)"
 )
 _UPSERT_TYPE = (
     "INSERT INTO task_types (type_id, hash, document, version) VALUES (?, ?, ?, ?)"
@@ -162,10 +183,24 @@ def _time_text(value: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
 
-def _snapshot(row: tuple[str, str, bytes, int, str | None, int | None]) -> Snapshot:
-    task_id, hash_, document, version, modify_time, received = row
+def _snapshot(row: tuple[Any, ...]) -> Snapshot:
+    task_id, hash_, document, version, modify_time, received, created, vanished = row
     when = datetime.fromisoformat(modify_time) if modify_time is not None else None
-    return Snapshot(task_id, hash_, bytes(document), int(version), when, received)
+    return Snapshot(task_id, hash_, bytes(document), int(version), when, received,
+                    _date(created), bool(vanished))
+
+
+def _date(value: str | None) -> date | None:
+    return None if value is None else date.fromisoformat(value)
+
+
+def _backfill(row: tuple[Any, ...]) -> Backfill:
+    (id_, modify_from, modify_to, requested_at, state, next_day, pages, tasks, events_,
+     finished_at, error) = row
+    return Backfill(int(id_), date.fromisoformat(modify_from), date.fromisoformat(modify_to),
+                    datetime.fromisoformat(requested_at), state, _date(next_day), int(pages),
+                    int(tasks), int(events_),
+                    None if finished_at is None else datetime.fromisoformat(finished_at), error)
 
 
 class SqliteStore:
@@ -256,9 +291,9 @@ class SqliteStore:
         """The stored hashes of these tasks, from the fast-path index alone."""
         # INDEXED BY: the planner would pick the primary key, i.e. the table with every
         # document; the narrow index stays in the page cache however large the store grows.
-        return await self._select_by_id(task_ids, "task_id, hash, received",
+        return await self._select_by_id(task_ids, "task_id, hash, received, vanished",
                                         "INDEXED BY tasks_fast_path",
-                                        lambda row: StoredHashes(row[1], row[2]))
+                                        lambda row: StoredHashes(row[1], row[2], bool(row[3])))
 
     async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, read in one transaction (chunked IN-lists)."""
@@ -282,6 +317,41 @@ class SqliteStore:
             return found
 
         return await self._run(select)
+
+    async def created_counts(self, modify_from: date | None = None) -> dict[date, int]:
+        """Live stored tasks per create date (optionally only those modified since a date)."""
+        since = "" if modify_from is None else " AND modify_time >= ?"
+        params = () if modify_from is None else (modify_from.isoformat(),)
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT create_date, count(*) FROM tasks WHERE create_date IS NOT NULL"
+            f" AND vanished = 0{since} GROUP BY create_date", params).fetchall())
+        return {date.fromisoformat(day): int(count) for day, count in rows}
+
+    async def created_ids(self, start: date, end: date, modify_from: date | None = None) -> set[str]:
+        """Ids of live stored tasks created from `start` to `end`."""
+        since = "" if modify_from is None else " AND modify_time >= ?"
+        params = (start.isoformat(), end.isoformat(),
+                  *(() if modify_from is None else (modify_from.isoformat(),)))
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT task_id FROM tasks WHERE create_date BETWEEN ? AND ? AND vanished = 0"
+            f"{since}", params).fetchall())
+        return {row[0] for row in rows}
+
+    async def snapshot_page(self, after: str | None, limit: int, *,
+                            created: tuple[date, date] | None = None,
+                            task_ids: Collection[str] | None = None) -> list[Snapshot]:
+        """Live snapshots after `after` in task_id order, optionally by create date or ids."""
+        where, params = ["vanished = 0", "task_id > ?"], [after or ""]
+        if created is not None:
+            where.append("create_date BETWEEN ? AND ?")
+            params += [created[0].isoformat(), created[1].isoformat()]
+        ids = None if task_ids is None else sorted(set(task_ids))
+        if ids is not None:
+            where.append(f"task_id IN ({_placeholders(len(ids))})")
+            params += ids
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {' AND '.join(where)} ORDER BY task_id LIMIT ?"
+        rows = await self._run(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
+        return [_snapshot(row) for row in rows]
 
     async def seen_dead_letters(self, fingerprints: Collection[str]) -> set[str]:
         """Which of these dead-letter fingerprints were already committed."""
@@ -308,9 +378,16 @@ class SqliteStore:
         verify = self._verifier(lease)
         now = datetime.now(BEIJING).isoformat()
         task_rows = [
-            (s.task_id, s.hash, s.document, s.version, _time_text(s.modify_time), s.received)
+            (s.task_id, s.hash, s.document, s.version, _time_text(s.modify_time), s.received,
+             None if s.create_date is None else s.create_date.isoformat(), int(s.vanished))
             for s in last_wins(commit.snapshots, lambda s: s.task_id)
         ]
+        usage_rows = [(day.isoformat(), endpoint, count) for day, endpoint, count in commit.usage]
+        backfill = commit.backfill
+        backfill_row = None if backfill is None else (
+            backfill.state, None if backfill.next_day is None else backfill.next_day.isoformat(),
+            backfill.pages, backfill.tasks, backfill.events, _time_text(backfill.finished_at),
+            backfill.error, backfill.id)
         rendering_rows = [(received, task_id) for task_id, received in commit.renderings]
         mark_rows = [(m.fingerprint, m.task_id, now) for m in commit.marks]
         type_rows = [(t.type_id, t.hash, t.document, t.version)
@@ -327,6 +404,9 @@ class SqliteStore:
                 conn.executemany(_UPSERT_TYPE, type_rows)
                 if state is not None:
                     conn.execute(_UPSERT_STATE, (state,))
+                conn.executemany(_UPSERT_USAGE, usage_rows)
+                if backfill_row is not None:
+                    conn.execute(_UPDATE_BACKFILL, backfill_row)
                 last = None
                 if outbox_rows:
                     conn.executemany(_INSERT_OUTBOX, outbox_rows)
@@ -390,6 +470,34 @@ class SqliteStore:
             return PollState.model_validate_json(row[0])
         except ValidationError as exc:
             raise StoreConflict(f"SQLite store {self.path} holds an unreadable poll state") from exc
+
+    async def request_backfill(self, modify_from: date, modify_to: date, requested_at: datetime
+                               ) -> Backfill:
+        """Record a backfill request (not fenced: the command asks while a daemon leads)."""
+        def insert(conn: sqlite3.Connection) -> Backfill:
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "INSERT INTO backfills (modify_from, modify_to, requested_at, state, pages, tasks,"
+                    " events) VALUES (?, ?, ?, 'pending', 0, 0, 0)",
+                    (modify_from.isoformat(), modify_to.isoformat(), _time_text(requested_at)))
+                row = conn.execute(f"SELECT {_BACKFILL_COLUMNS} FROM backfills WHERE id = ?",
+                                   (cursor.lastrowid,)).fetchone()
+            return _backfill(row)
+
+        return await self._run(insert)
+
+    async def backfills(self, *, active_only: bool = True) -> list[Backfill]:
+        """Backfill requests, oldest first."""
+        where = " WHERE state IN ('pending', 'running')" if active_only else ""
+        rows = await self._run(lambda conn: conn.execute(
+            f"SELECT {_BACKFILL_COLUMNS} FROM backfills{where} ORDER BY id").fetchall())
+        return [_backfill(row) for row in rows]
+
+    async def read_usage(self, day: date) -> dict[str, int]:
+        """API requests made on a Beijing day, by endpoint."""
+        rows = await self._run(lambda conn: conn.execute(
+            "SELECT endpoint, requests FROM api_usage WHERE day = ?", (day.isoformat(),)).fetchall())
+        return {endpoint: int(count) for endpoint, count in rows}
 
     async def count_tasks(self) -> int:
         """How many tasks the store holds: a trigger-maintained counter, not a scan."""
