@@ -212,7 +212,8 @@ class Poller:
         return stats
 
     async def _first_run_cycle(self, state: PollState, started: datetime, lease: Leadership) -> PollState:
-        plan = self._plan(started, window_requests=0, wanted=self._allowance(), sweep_pages=0)
+        plan = self._plan(started, window_requests=1, wanted=self._allowance(), sweep_pages=0,
+                          pro_rata=False)
         state = await self.history.first_run(state, lease, pages=plan.extra_pages)
         # Until the history is read, the next cycle follows at once (within the budget).
         self._next_cycle_in_s = plan.interval_s if state.baseline_complete or plan.is_stretched else 0.0
@@ -247,12 +248,12 @@ class Poller:
         metrics.SWEEP_PAGES_PER_CYCLE.set(pages)
         return pages
 
-    def _plan(self, now: datetime, *, window_requests: int, wanted: int, sweep_pages: int
-              ) -> schedule.CyclePlan:
+    def _plan(self, now: datetime, *, window_requests: int, wanted: int, sweep_pages: int,
+              pro_rata: bool = True) -> schedule.CyclePlan:
         plan = schedule.plan_cycle(now=now, interval_s=self._settings.poll_interval_s,
                                    window_requests=window_requests, wanted_extra=wanted,
                                    sweep_pages=sweep_pages, budget=self._limits.daily_budget,
-                                   used_today=self._usage.today)
+                                   used_today=self._usage.today, pro_rata=pro_rata)
         metrics.INTERVAL.set(plan.interval_s)
         if plan.is_stretched:
             metrics.INTERVAL_STRETCHED.inc()

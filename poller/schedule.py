@@ -60,11 +60,14 @@ def interval_allowance(interval_s: float, rate_per_s: float) -> int:
 
 
 def plan_cycle(*, now: datetime, interval_s: float, window_requests: int, wanted_extra: int,
-               sweep_pages: int, budget: int | None, used_today: int) -> CyclePlan:
+               sweep_pages: int, budget: int | None, used_today: int,
+               pro_rata: bool = True) -> CyclePlan:
     """The pages beyond the window this cycle may read, and the interval to the next cycle.
 
     `window_requests` is what one window cycle costs (its pages and task-type requests);
     `wanted_extra` what the first run or the backfills and the sweep would like to read.
+    Backfills and the sweep share what is left pro rata over the day's remaining cycles; the
+    first run (`pro_rata=False`) may use all of it but the window's reserve for the day.
     """
     if budget is None:
         return CyclePlan(wanted_extra, min(sweep_pages, wanted_extra), interval_s)
@@ -72,6 +75,11 @@ def plan_cycle(*, now: datetime, interval_s: float, window_requests: int, wanted
     remaining_s = max(1.0, seconds_to_midnight(now))
     cycles_left = max(1.0, remaining_s / interval_s)
     window_need = window_requests * cycles_left
+    if not pro_rata:
+        # The window cannot start before the first run ends; when the day cannot afford it at
+        # this interval anyway (it will be stretched), half of what is left is kept for it.
+        reserve = min(window_need, left / 2)
+        return CyclePlan(max(0, min(wanted_extra, int(left - reserve))), 0, interval_s)
     if window_need > left:
         # Stretch: the window alone at this interval would overrun the day's budget.
         stretched = remaining_s if left <= window_requests else remaining_s * window_requests / left

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.postgres",
     "tests.fixtures.simulator",
+    "tests.fixtures.rig",
 ]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import REGISTRY
 
 from poller import events
-from poller.config import PollSettings, Settings
 from poller.errors import (
     LeadershipLost,
     PublishUnavailable,
@@ -22,124 +20,12 @@ from poller.errors import (
     StoreUnavailable,
 )
 from poller.fetch import Page, WaiqinClient
-from poller.http import HealthState
 from poller.loop import Poller
-from poller.models import Commit, OutboundRecord, Window, beijing_now
+from poller.models import OutboundRecord, Window
 from poller.pages import ScanStats
-from poller.publish import MemoryPublisher
-from poller.simulator import Simulator
-from poller.store.memory import MemoryStore
-from tests.consumer_model import ConsumerModel
+from tests.fixtures.rig import SOURCE, Rig, metric, poll_settings, today
 from tests.fixtures.simulator import settings_for
 from tests.integration.harness import eventually
-
-SOURCE = "https://sim/api/cusTask/test-openid"
-
-
-def poll_settings(**overrides: str) -> PollSettings:
-    """PollSettings read the way the daemon reads them: from environment names."""
-    env = {"WAIQIN_OPENID": "-", "WAIQIN_APPKEY": "-", "POLLER_POLL_INTERVAL": "0.05",
-           "POLLER_TYPE_REFRESH_SECONDS": "3600", **overrides}
-    return Settings.load(env).poll
-
-
-class Clock:
-    """The poller's clock: the real Beijing time plus an offset a test can move forward."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return beijing_now() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-class Rig:
-    """A Poller wired to a simulator, a memory store and a memory publisher."""
-
-    def __init__(self, sim: Simulator, client: WaiqinClient, settings: PollSettings,
-                 max_message_bytes: int = 1_000_000) -> None:
-        self.sim = sim
-        self.client = client
-        self.settings = settings
-        self.max_message_bytes = max_message_bytes
-        self.clock = Clock()
-        self.store = MemoryStore()
-        self.publisher = MemoryPublisher()
-        self.health = HealthState(stuck_after_s=60, ready_window_s=60)
-        self.poller = self.new_poller()
-
-    def new_poller(self) -> Poller:
-        """Another poller on the same store and broker, as after a restart or a failover."""
-        return Poller(self.settings, client=self.client, store=self.store,
-                      publisher=self.publisher, health=self.health, source=SOURCE, clock=self.clock,
-                      max_message_bytes=self.max_message_bytes)
-
-    async def cycle(self, poller: Poller | None = None) -> ScanStats:
-        """One cycle as the leader (the loop normally acquires leadership first)."""
-        lease = self.store.leadership()
-        assert await lease.acquire(asyncio.Event())
-        try:
-            return await (poller or self.poller).run_cycle(lease)
-        finally:
-            await lease.release()
-
-    def types(self, topic: str = "tasks") -> list[str]:
-        return [dict(r.headers)["ce_type"].decode() for r in self.publisher.of(topic)]  # type: ignore[arg-type]
-
-    def records_of(self, task_id: str) -> list[OutboundRecord]:
-        return [r for r in self.publisher.of("tasks") if r.key == task_id.encode()]
-
-    def fresh(self, count: int) -> list[str]:
-        ids = [t for t, task in self.sim.store.tasks.items()
-               if str(task["status"]) == "1" and str(task["task_status"]) == "0"]
-        return ids[:count]
-
-    def consumer(self) -> ConsumerModel:
-        """A consumer that read everything published so far."""
-        return ConsumerModel().apply_all(self.publisher.of("tasks"))
-
-    def truth(self, *task_ids: str) -> dict[str, dict[str, Any]]:
-        return {task_id: self.sim.store.get(task_id) for task_id in task_ids}
-
-    async def open_window_days_back(self, days: int) -> None:
-        """Move the stored window start back, so one scan spans several pages of older tasks."""
-        state = await self.store.load_state()
-        lease = self.store.leadership()
-        assert await lease.acquire(asyncio.Event())
-        await self.store.commit(Commit(state=state.model_copy(
-            update={"window_from": today() - timedelta(days=days)})), lease)
-        await lease.release()
-
-
-def today() -> date:
-    return beijing_now().date()
-
-
-@pytest.fixture
-async def make_rig(make_simulator: Callable[..., Any]) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[WaiqinClient] = []
-
-    async def make(*, rows: int = 10, tasks: int = 40, sim_kwargs: dict[str, Any] | None = None,
-                   max_message_bytes: int = 1_000_000, **settings: Any) -> Rig:
-        sim = await make_simulator(tasks=tasks, days=3, seed=3, **(sim_kwargs or {}))
-        client = WaiqinClient(settings_for(sim, page_rows=rows), backoff_base_s=0.01)
-        await client.start()
-        clients.append(client)
-        rig = Rig(sim, client, poll_settings(**settings), max_message_bytes)
-        await rig.store.start()
-        await rig.publisher.start()
-        return rig
-
-    yield make
-    for client in clients:
-        await client.stop()
-
-
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def ids(records: list[OutboundRecord]) -> list[bytes]:
