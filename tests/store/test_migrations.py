@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import date
 from typing import Any
 
 import pytest
 
 from poller.errors import StoreConflict
-from poller.store.migrations import LATEST_VERSION, MIGRATIONS, Migration, pending
+from poller.store.migrations import LATEST_VERSION, MIGRATIONS, VERSION_TABLE, Migration, pending
 from poller.store.sqlite import path_from_url
 from tests.fixtures.postgres import pg_execute
 from tests.store.conftest import led, make_store, snap, write
@@ -91,3 +92,33 @@ class TestSchema:
         with pytest.raises(StoreConflict, match="newer waiqin-poller"):
             await newer.start()
         await newer.stop()
+
+
+async def _at_version_3(url: str) -> None:
+    """A database as release 3 left it, holding one task whose document has a create time."""
+    dialect = "sqlite" if url.startswith("sqlite:") else "postgresql"
+    statements = [VERSION_TABLE[dialect]]
+    for step in MIGRATIONS[:3]:
+        statements += [*step.statements(dialect),
+                       f"INSERT INTO schema_version (version, description, applied_at)"
+                       f" VALUES ({step.version}, 'v{step.version}', '2026-01-01T00:00:00+08:00')"]
+    document = '{"create_time":"2024-05-06T09:30:00+08:00","task_id":"t1"}'
+    if dialect == "sqlite":
+        path_from_url(url).parent.mkdir(parents=True, exist_ok=True)
+        statements.append("INSERT INTO tasks (task_id, hash, document, version) VALUES"
+                          f" ('t1', 'h', CAST('{document}' AS BLOB), 1)")
+    else:
+        statements.append("INSERT INTO tasks (task_id, hash, document, version) VALUES"
+                          f" ('t1', 'h', convert_to('{document}', 'UTF8'), 1)")
+    for statement in statements:
+        await raw(url, statement)
+
+
+class TestVersion4:
+    async def test_existing_tasks_get_their_create_date(self, store_url: str) -> None:
+        """Upgrading a release-3 store fills each task's create date from its document, so the
+        sweep knows its slices at once."""
+        await _at_version_3(store_url)
+        async with make_store(store_url) as store:  # type: ignore[attr-defined]
+            assert await store.schema_version() == LATEST_VERSION
+            assert await store.created_counts() == {date(2024, 5, 6): 1}

@@ -287,3 +287,60 @@ class TestUnreachable:
         with pytest.raises(StoreUnavailable):
             await opened.start()
         await opened.stop()
+
+
+class TestHistory:
+    async def test_create_dates_and_tombstones_round_trip(self, store: SnapshotStore,
+                                                         lease: Leadership) -> None:
+        """A snapshot's create date and vanished flag come back; read_hashes reports vanished."""
+        gone = dataclasses.replace(snap("t1", 2), create_date=date(2024, 5, 1), vanished=True)
+        await write(store, lease, [gone, dataclasses.replace(snap("t2"), create_date=date(2024, 5, 2))])
+        assert (await store.read_snapshots(["t1"]))["t1"] == gone
+        assert (await store.read_hashes(["t1"]))["t1"].vanished
+
+    async def test_live_tasks_by_create_date(self, store: SnapshotStore, lease: Leadership) -> None:
+        """Counts and ids of live tasks per create date; vanished ones and tasks not modified
+        since the start date are left out."""
+        early = datetime(2024, 1, 1, 9, 0, tzinfo=BEIJING)
+        rows = [dataclasses.replace(snap(f"t{n}"), create_date=date(2024, 5, 1 + n % 3),
+                                    modify_time=early if n == 4 else snap("x").modify_time)
+                for n in range(6)]
+        rows.append(dataclasses.replace(snap("gone"), create_date=date(2024, 5, 1), vanished=True))
+        await write(store, lease, rows)
+        assert await store.created_counts() == {date(2024, 5, 1): 2, date(2024, 5, 2): 2,
+                                                date(2024, 5, 3): 2}
+        assert await store.created_counts(date(2024, 3, 1)) == {
+            date(2024, 5, 1): 2, date(2024, 5, 2): 1, date(2024, 5, 3): 2}
+        assert await store.created_ids(date(2024, 5, 1), date(2024, 5, 2)) == {"t0", "t1", "t3", "t4"}
+        assert await store.created_ids(date(2024, 5, 2), date(2024, 5, 2), date(2024, 3, 1)) == {"t1"}
+
+    async def test_snapshot_pages(self, store: SnapshotStore, lease: Leadership) -> None:
+        """Live snapshots page by task_id, filtered by create date or by ids."""
+        rows = [dataclasses.replace(snap(f"t{n}"), create_date=date(2024, 5, 1 + n % 2)) for n in range(5)]
+        await write(store, lease, [*rows, dataclasses.replace(snap("t9"), vanished=True)])
+        first = await store.snapshot_page(None, 2)
+        assert [s.task_id for s in first] == ["t0", "t1"]
+        assert [s.task_id for s in await store.snapshot_page("t1", 10)] == ["t2", "t3", "t4"]
+        created = await store.snapshot_page(None, 10, created=(date(2024, 5, 2), date(2024, 5, 2)))
+        assert [s.task_id for s in created] == ["t1", "t3"]
+        assert [s.task_id for s in await store.snapshot_page(None, 10, task_ids=["t4", "t9", "x"])] == ["t4"]
+
+    async def test_backfill_requests(self, store: SnapshotStore, lease: Leadership) -> None:
+        """A request is recorded without leadership, its progress committed under it."""
+        asked = datetime(2026, 3, 1, 9, 30, tzinfo=BEIJING)
+        request = await store.request_backfill(date(2026, 1, 1), date(2026, 1, 31), asked)
+        assert request.state == "pending" and request.requested_at == asked
+        assert await store.backfills() == [request]
+        done = dataclasses.replace(request, state="done", next_day=date(2026, 2, 1), pages=40,
+                                   tasks=300, events=7, finished_at=asked)
+        await write(store, lease, backfill=done)
+        assert await store.backfills() == []
+        assert await store.backfills(active_only=False) == [done]
+
+    async def test_api_usage_per_day(self, store: SnapshotStore, lease: Leadership) -> None:
+        """Request totals per Beijing day and endpoint survive, and never go down."""
+        day = date(2026, 3, 1)
+        await write(store, lease, usage=[(day, "queryTask", 40), (day, "queryTaskType", 2)])
+        await write(store, lease, usage=[(day, "queryTask", 55), (day, "queryTaskType", 1)])
+        assert await store.read_usage(day) == {"queryTask": 55, "queryTaskType": 2}
+        assert await store.read_usage(date(2026, 3, 2)) == {}
