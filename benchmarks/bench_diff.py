@@ -159,9 +159,6 @@ def main() -> int:
     results = best_times({
         floor_name: (lambda: floor(page), None),
         warm_name: (lambda: observe_page(page, store), None),
-        "unchanged, memo cleared": (lambda: observe_page(page, store), normalise.clear_memo),
-        "unchanged, cold (all caches cleared)": (
-            lambda: observe_page(page, store), normalise.clear_caches),
         "changed (+ events + encode)": (lambda: observe_page(changed_page, store), None),
     }, args.repeat)
     floor_s = results[floor_name]
