@@ -19,6 +19,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from poller.errors import NormaliseError
 from poller.models import NormalisedTask, Task, TypeSnapshot
 from poller.normalise import digest, fast, lenient, rules, times
@@ -52,12 +54,10 @@ def task(raw: object) -> NormalisedTask:
                              kind="not_object")
     task_id = _task_id(raw)
     doc = fast.document(raw)
-    document = None
-    if doc is not None:
-        try:
-            document = rules.encode(doc, "", task_id)
-        except NormaliseError:  # e.g. a lone surrogate: the general rules say which field
-            doc = None
+    try:
+        document = orjson.dumps(doc, option=rules.DUMP_OPTS) if doc is not None else None
+    except TypeError:  # e.g. a lone surrogate: the general rules name the field
+        document = None
     if doc is None or document is None:
         doc = general_document(raw)
         document = rules.encode(doc, "", task_id)
@@ -125,6 +125,9 @@ def task_type(raw: object) -> TypeSnapshot:
 
 
 def _task_id(raw: dict[Any, Any]) -> str:
+    task_id = raw.get("task_id")
+    if type(task_id) is str and task_id:  # the usual case, first
+        return task_id
     task_id = task_id_of(raw)
     if task_id is None:
         raise NormaliseError(f"record has no non-empty task_id (got {rules.shown(raw.get('task_id'))})",

@@ -17,7 +17,7 @@ from typing import Any, Final
 from poller.normalise.fields import TASK, Kind, Table
 from poller.normalise.times import api_minute
 
-_STRINGS: Final = frozenset({str})
+_join: Final = "".join
 
 Member = Callable[[Any], "dict[str, Any] | None"]
 """Reads one object of a table on the fast path: the canonical object, or None to bail out."""
@@ -42,9 +42,10 @@ def _member_reader(table: Table) -> Member:
             return None
         try:
             values = values_of(item)
-        except KeyError:
+            _join(values)  # TypeError unless every value is a string: one C-level pass
+        except (KeyError, TypeError):
             return None
-        if not all(values) or not _STRINGS.issuperset(map(type, values)):
+        if "" in values:
             return None
         if not time_names:  # already canonical: reuse the raw object as it is
             return item
@@ -76,11 +77,9 @@ def _set_reader(table: Table) -> Callable[[Any], list[dict[str, Any]] | None]:
         if None in members:
             return None
         if len(members) > 1:
-            keys = list(map(key, members))
-            if len(set(keys)) != len(keys):
+            if len(set(map(key, members))) != len(members):
                 return None  # duplicates: merging them is the general rules' job
-            if keys != sorted(keys):
-                members.sort(key=key)
+            members.sort(key=key)
         return members
 
     return read
@@ -152,17 +151,17 @@ def _objects(doc: dict[str, Any]) -> int:
         value = doc.get(key)
         if value is None:
             continue
-        if value == "":  # Quirk: "" stands for an absent value.
-            del doc[key]
-            continue
         canonical = read(value)
         if canonical is None:
-            return -1
-        if canonical:
-            doc[key] = canonical
-            count += 1
-        else:  # an empty list is absent
+            if value != "":
+                return -1
+            del doc[key]  # Quirk: "" stands for an absent value.
+        elif not canonical:  # an empty list is absent
             del doc[key]
+        else:
+            if canonical is not value:
+                doc[key] = canonical
+            count += 1
     return count
 
 
