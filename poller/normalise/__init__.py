@@ -95,7 +95,8 @@ def fingerprint(raw: object) -> str:
     A re-rendering of the same record (number vs string, key order, "" vs missing) has the
     same fingerprint, so it is dead-lettered once. Never raises.
     """
-    return digest.fingerprint(lenient.canonical(raw))
+    canonical = lenient.canonical(raw)
+    return digest.fingerprint(None if canonical is rules.ABSENT else canonical)
 
 
 def to_task(document: bytes) -> Task:
