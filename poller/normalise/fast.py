@@ -73,13 +73,18 @@ def _set_reader(table: Table) -> Callable[[Any], list[dict[str, Any]] | None]:
     def read(value: Any) -> list[dict[str, Any]] | None:
         if type(value) is not list:
             return None
+        if len(value) == 1:  # the commonest set, and nothing to sort
+            only = member(value[0])
+            return None if only is None else [only]
         members: list[Any] = list(map(member, value))
         if None in members:
             return None
         if len(members) > 1:
-            if len(set(map(key, members))) != len(members):
-                return None  # duplicates: merging them is the general rules' job
             members.sort(key=key)
+            # Sorted: a duplicate key sits next to its twin. Merging is the general rules' job.
+            keys = list(map(key, members))
+            if any(map(operator.eq, keys, keys[1:])):
+                return None
         return members
 
     return read
