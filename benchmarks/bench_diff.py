@@ -117,7 +117,7 @@ def stored(pages: list[bytes]) -> dict[str, Snapshot]:
     for page in pages:
         for raw in orjson.loads(page)["response_data"]:
             task = normalise.task(raw)
-            snapshot = diff.observe(None, task, observed_at=OBSERVED_AT, silent=True).snapshot
+            snapshot = diff.observe(None, task, observed_at=OBSERVED_AT, silent=True).snapshot(task)
             assert snapshot is not None
             store[task.task_id] = snapshot
     return store
