@@ -8,7 +8,6 @@ Pages come from an in-process source (the same records bench_diff uses), not HTT
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import resource
 import sys
@@ -99,7 +98,5 @@ async def scan(db: Path, count: int) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("BENCH_MEMO_MAX"):  # what-if: a smaller normalise memo (see RESULTS.md)
-        normalise._MEMO_MAX = int(os.environ["BENCH_MEMO_MAX"])  # type: ignore[misc]
     action, path, number = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     asyncio.run(prefill(path, number) if action == "prefill" else scan(path, number))

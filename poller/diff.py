@@ -28,8 +28,8 @@ from poller.events import (
     TaskVanished,
     event_id,
 )
-from poller.fastpath import feedback_key
 from poller.models import BEIJING, NormalisedTask, Snapshot, TaskType, TypeSnapshot
+from poller.normalise import feedback_key
 
 # Bookkeeping fields: a change to them alone is not news (the task was touched, or its
 # latest-feedback summary moved with a feedback entry that has its own event).

@@ -9,6 +9,12 @@
   checking that a bad record only ever raises NormaliseError.
 - `json_payloads()`: an event-like JSON object (nested objects and arrays, numbers, short
   texts and long ones of Chinese, emoji, quotes and control characters), for cutting to size.
+- `hostile_values()` / `hostile_tasks()`: any JSON value, or a record holding some, including
+  what once escaped as another exception: nesting hundreds of levels deep, integers beyond
+  64 bits (and beyond Python's 4,300-digit str() guard), times out of range.
+- `rerendered(value)`: the same value rendered differently in the ways the API drifts (key
+  order, numbers vs strings, "" and null for absent keys, set fields shuffled): malformed or
+  not, its canonical form and so its dead-letter fingerprint must not change.
 - `mutation_steps(raw)`: one step of a task's life (a non-empty set of changes, always with a
   new modify_time) with the event types docs/design.md §4 expects from it, in table order.
 """
@@ -234,3 +240,85 @@ _json_values = st.recursive(
 def json_payloads() -> st.SearchStrategy[dict[str, Any]]:
     """A JSON object with plain-name keys, a few levels deep, holding long and short texts."""
     return st.dictionaries(_keys, _json_values, min_size=1, max_size=5)
+
+
+# --- hostile input: values that must still only ever raise NormaliseError ------------------------
+
+
+def nested(depth: int, leaf: Any, *, as_objects: bool) -> Any:
+    """`leaf` wrapped in `depth` lists or objects (built without recursion)."""
+    value = leaf
+    for _ in range(depth):
+        value = {"x": value} if as_objects else [value]
+    return value
+
+
+deep_values = st.builds(nested, st.integers(600, 3000), st.sampled_from([1, "a", None, True]),
+                        as_objects=st.booleans())
+huge_integers = st.one_of(
+    st.integers(min_value=2**63, max_value=2**200), st.integers(min_value=-(2**200), max_value=-(2**63) - 1),
+    # Beyond Python's 4,300-digit str() guard (built lazily: hypothesis cannot repr them).
+    st.builds(lambda digits, sign: sign * 10**digits, st.integers(4300, 6000), st.sampled_from([1, -1])),
+)
+far_times = st.sampled_from([
+    "9999-12-31T23:59:00-05:00", "0001-01-01 00:00", "0001-01-01T07:59:00", "9999-12-31 23:59",
+    "0001-01-01T00:00:00+14:00", "2024-02-30 10:00", "2023-02-29 10:00", "2024-13-01 10:00",
+    "2024-05-01 24:00", "2024-05-01 10:60", "2024-05-01T10:33:00.999999+08:00", "1850-06-01 10:00",
+])
+hostile_scalars = st.one_of(huge_integers, far_times, st.floats(), st.text(max_size=20))
+hostile_values = st.one_of(
+    json_values, deep_values, hostile_scalars,
+    st.recursive(hostile_scalars, lambda children: st.lists(children, max_size=3)
+                 | st.dictionaries(st.sampled_from(["id", "name", "feedback_time", "x"]), children,
+                                   max_size=3), max_leaves=6),
+)
+
+
+@st.composite
+def hostile_tasks(draw: st.DrawFn) -> dict[str, Any]:
+    """A record (sometimes a valid one) with some fields replaced by hostile values."""
+    raw = draw(raw_tasks())
+    for key in draw(st.lists(st.sampled_from(KNOWN_KEYS), unique=True, max_size=3)):
+        raw[key] = draw(hostile_values)
+    return raw
+
+
+# --- re-renderings of any value: what the fingerprint must not see --------------------------------
+
+SET_FIELDS = ("receivers", "feedback_detail")
+
+
+@st.composite
+def rerendered(draw: st.DrawFn, value: Any) -> Any:
+    """`value` (a record or anything else) rendered differently but meaning the same."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    return _rerender(value, rng, top=True, depth=0)
+
+
+def _rerender(value: Any, rng: random.Random, *, top: bool, depth: int) -> Any:
+    if depth > 40:  # deep values stay as they are (the helper must not recurse 600 levels)
+        return value
+    if type(value) is int and value.bit_length() < 10_000 and rng.random() < 0.5:
+        return str(value)  # Quirk: numbers drift into strings
+    if type(value) is list:
+        return [_rerender(item, rng, top=False, depth=depth + 1) for item in value]
+    if type(value) is not dict:
+        return value
+    return _rerender_object(value, rng, top=top, depth=depth)
+
+
+def _rerender_object(value: dict[str, Any], rng: random.Random, *, top: bool, depth: int
+                     ) -> dict[str, Any]:
+    out = {key: _rerender(item, rng, top=False, depth=depth + 1) for key, item in value.items()}
+    if top:
+        for key in SET_FIELDS:  # sets: order carries no meaning
+            if type(out.get(key)) is list:
+                rng.shuffle(out[key])
+    for key in [key for key, item in out.items() if item == "" or item is None]:
+        if rng.random() < 0.5:
+            del out[key]  # "" and null mean absent, like a missing key
+    if rng.random() < 0.5:
+        out.setdefault("x_absent", rng.choice(["", None]))
+    keys = list(out)
+    rng.shuffle(keys)
+    return {key: out[key] for key in keys}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import tracemalloc
 from datetime import datetime
 from typing import Any
 
@@ -11,10 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poller import fastpath, normalise
+from poller import normalise
 from poller.errors import NormaliseError
 from poller.models import BEIJING, Task
-from tests.strategies import garbled_tasks, raw_tasks, renderings
+from poller.normalise import fast
+from tests.strategies import (
+    garbled_tasks,
+    hostile_tasks,
+    hostile_values,
+    nested,
+    raw_tasks,
+    renderings,
+    rerendered,
+)
 
 # The queryTask item of the vendor documentation.
 VENDOR_RECORD: dict[str, Any] = {
@@ -115,11 +126,32 @@ class TestTask:
         assert task.receivers[0].id == "4622857986008792650"
         assert task.feedback_deadline == datetime(2020, 11, 25, 10, 10, tzinfo=BEIJING)
 
-    def test_memo_is_transparent(self) -> None:
-        """Clearing the caches does not change any result."""
-        first = normalise.task(VENDOR_RECORD)
-        normalise.clear_caches()
-        assert normalise.task(VENDOR_RECORD) == first
+    def test_same_result_every_time(self) -> None:
+        """Normalising the same record twice gives equal results (nothing is remembered)."""
+        assert normalise.task(VENDOR_RECORD) == normalise.task(copy.deepcopy(VENDOR_RECORD))
+
+    def test_memory_stays_flat(self) -> None:
+        """Normalising thousands of distinct records retains nothing (no memo, no time cache)."""
+        records = [record(task_id=str(n), modify_time=f"2020-12-{1 + n % 28:02d} {n % 24:02d}:{n % 60:02d}",
+                          task_content=f"内容{n}") for n in range(5000)]
+        normalise.task(records[0])  # the first call may allocate for good (imports, tables)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for raw in records:
+                normalise.task(raw)
+            gc.collect()
+            retained = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert retained < 64 * 1024, f"{retained:,} bytes retained after 5,000 records"
+
+    def test_numbers_beyond_python_str_guard(self) -> None:
+        """Integers too long for str() (4,300 digits) are still decimal strings in text and unknown fields."""
+        doc = document(record(task_type_id=10**5000, x_big=-(10**4400)))
+        assert doc["task_type_id"] == "1" + "0" * 5000
+        assert doc["x_big"] == "-1" + "0" * 4400
 
 
 MALFORMED = [
@@ -150,9 +182,23 @@ MALFORMED = [
     pytest.param(record(task_status="done"), "task_status must be an integer", "10001",
                  id="status-word"),
     pytest.param(record(status=[1]), "status must be an integer", "10001", id="status-list"),
-    pytest.param(record(status=2**70), "unreadable value", "10001", id="status-beyond-64-bits"),
+    pytest.param(record(status=2**70), "status must be a 64-bit integer", "10001",
+                 id="status-beyond-64-bits"),
     pytest.param(record(task_content={"a": 1}), "task_content must be a string", "10001",
                  id="content-object"),
+    # Each of these once escaped as another exception and stopped the stream (issue 10, item 3).
+    pytest.param(record(x_unknown=nested(600, 1, as_objects=False)), "x_unknown nests deeper than 64",
+                 "10001", id="unknown-field-600-deep"),
+    pytest.param(record(receivers=[{"id": "1", "x": nested(5000, "a", as_objects=True)}]),
+                 r"receivers\[0\]\.x nests deeper than 64", "10001", id="receiver-field-5000-deep"),
+    pytest.param(record(modify_time="9999-12-31T23:59:00-05:00"), "modify_time is out of range",
+                 "10001", id="time-beyond-year-9999"),
+    pytest.param(record(create_time="0001-01-01 07:59"), "create_time is out of range", "10001",
+                 id="time-before-year-1-in-utc"),
+    pytest.param(record(status="9" * 5000), "status must be an integer", "10001",
+                 id="status-beyond-str-guard"),
+    pytest.param(record(task_content="\ud800"), "holds a value JSON cannot carry", "10001",
+                 id="lone-surrogate"),
 ]
 
 
@@ -162,6 +208,9 @@ KINDS = {
     "missing-task-id": "no_id", "bad-time": "bad_time", "words-time": "bad_time",
     "epoch-time": "bad_time", "feedback-bad-time": "bad_time", "status-word": "bad_number",
     "status-list": "bad_number", "status-beyond-64-bits": "bad_number",
+    "unknown-field-600-deep": "too_deep", "receiver-field-5000-deep": "too_deep",
+    "time-beyond-year-9999": "bad_time", "time-before-year-1-in-utc": "bad_time",
+    "status-beyond-str-guard": "bad_number", "lone-surrogate": "bad_value",
 }
 
 
@@ -204,19 +253,17 @@ class TestProperties:
     ) -> None:
         """Whatever the fast path accepts, it normalises exactly as the general rules do."""
         other = data.draw(renderings(raw))
-        normalise.task(other)  # warms the time cache, as a real page does
-        fast = fastpath.fast_task(other, str(other["task_id"]))
+        quick = fast.document(other)
         general = normalise.general_document(other)
-        if fast is not None:
-            assert orjson.dumps(fast, option=orjson.OPT_SORT_KEYS) == \
+        if quick is not None:
+            assert orjson.dumps(quick, option=orjson.OPT_SORT_KEYS) == \
                 orjson.dumps(general, option=orjson.OPT_SORT_KEYS)
 
     @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks())
     def test_fast_path_takes_the_usual_shape(self, raw: dict[str, Any]) -> None:
-        """A record of the API's usual shape never needs the general rules (times once known)."""
-        normalise.task(raw)
-        assert fastpath.fast_task(raw, raw["task_id"]) is not None
+        """A record of the API's usual shape never needs the general rules."""
+        assert fast.document(raw) is not None
 
     @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks())
@@ -237,9 +284,33 @@ class TestGarbled:
             assert exc.reason and exc.kind
             return
         assert normalise.to_task(result.document).task_id == result.task_id
-        fast = fastpath.fast_task(raw, result.task_id)
-        if fast is not None:
-            assert orjson.dumps(fast, option=orjson.OPT_SORT_KEYS) == result.document
+        quick = fast.document(raw)
+        if quick is not None:
+            assert orjson.dumps(quick, option=orjson.OPT_SORT_KEYS) == result.document
+
+
+class TestHostile:
+    @settings(deadline=None, max_examples=300)
+    @given(st.one_of(hostile_values, hostile_tasks()))
+    def test_only_normalise_errors(self, raw: Any) -> None:
+        """Any JSON value, however deep, long or far in time, normalises or raises NormaliseError."""
+        try:
+            result = normalise.task(raw)
+        except NormaliseError as exc:
+            assert exc.reason and exc.kind
+            assert exc.task_id == (normalise.task_id_of(raw) if exc.kind not in ("not_object", "no_id")
+                                   else None)
+        else:
+            assert normalise.to_task(result.document).task_id == result.task_id
+
+    @settings(deadline=None, max_examples=300)
+    @given(st.one_of(hostile_values, hostile_tasks()))
+    def test_hashes_never_raise(self, raw: Any) -> None:
+        """The received hash, the fingerprint and the readable task_id exist for any JSON value."""
+        assert -(2**63) <= normalise.received_hash(raw) < 2**63
+        assert len(normalise.fingerprint(raw)) == 32
+        task_id = normalise.task_id_of(raw)
+        assert task_id is None or (type(task_id) is str and task_id)
 
 
 class TestTaskType:
@@ -280,3 +351,75 @@ class TestFingerprint:
         """Non-object records have fingerprints too."""
         assert normalise.fingerprint([1, 2]) != normalise.fingerprint("[1, 2]")
         assert len(normalise.fingerprint(None)) == 32
+        assert normalise.fingerprint(nested(5000, 1, as_objects=False)) != \
+            normalise.fingerprint(nested(5000, 2, as_objects=False))
+
+    def test_rerendered_bad_record_keeps_its_fingerprint(self) -> None:
+        """Number vs string, key order and "" vs missing do not make a bad record new (issue 10, item 7)."""
+        bad = {"task_id": "1", "receivers": "x", "status": 1, "x_extra": {"n": 2, "m": ""}}
+        again = {"x_extra": {"n": "2"}, "status": "1", "achievement": "", "receivers": "x", "task_id": 1}
+        assert normalise.fingerprint(bad) == normalise.fingerprint(again)
+
+    def test_sets_stay_sets(self) -> None:
+        """The order of a set field does not change the fingerprint, even when its members are bad."""
+        one = {"task_id": "1", "receivers": [{"id": "2"}, {"name": "no id"}, "x"]}
+        other = {"task_id": "1", "receivers": ["x", {"name": "no id"}, {"id": 2}]}
+        assert normalise.fingerprint(one) == normalise.fingerprint(other)
+
+    def test_well_formed_record(self) -> None:
+        """A record that normalises has the fingerprint of its canonical document."""
+        rendered = record(status="1", receivers=[*VENDOR_RECORD["receivers"], *VENDOR_RECORD["receivers"]])
+        assert normalise.fingerprint(VENDOR_RECORD) == normalise.fingerprint(rendered)
+        assert normalise.fingerprint(VENDOR_RECORD) == \
+            normalise.fingerprint(orjson.loads(normalise.task(VENDOR_RECORD).document))
+
+    @settings(deadline=None, max_examples=200)
+    @given(st.one_of(hostile_tasks(), garbled_tasks(), hostile_values), st.data())
+    def test_renderings_share_a_fingerprint(self, raw: Any, data: st.DataObject) -> None:
+        """Any record, malformed or not, re-rendered the way the API drifts keeps its fingerprint."""
+        assert normalise.fingerprint(data.draw(rerendered(raw))) == normalise.fingerprint(raw)
+
+
+class TestReceivedHash:
+    def test_signed_64_bit(self) -> None:
+        """The hash fits a signed 64-bit column (SQLite INTEGER, PostgreSQL BIGINT)."""
+        hashes = [normalise.received_hash(record(task_id=str(n))) for n in range(200)]
+        assert all(-(2**63) <= h < 2**63 for h in hashes)
+        assert any(h < 0 for h in hashes) and len(set(hashes)) == 200
+
+    def test_exactly_as_received(self) -> None:
+        """The same bytes hash alike; another key order or number rendering is another rendering."""
+        shuffled = dict(reversed(list(VENDOR_RECORD.items())))
+        assert normalise.received_hash(VENDOR_RECORD) == normalise.received_hash(copy.deepcopy(VENDOR_RECORD))
+        assert normalise.received_hash(shuffled) != normalise.received_hash(VENDOR_RECORD)
+        assert normalise.received_hash(record(status="1")) != normalise.received_hash(VENDOR_RECORD)
+
+    def test_seeded_with_the_normalisation_version(self) -> None:
+        """The hash depends on the rules' version, so a rules change makes every rendering new."""
+        import xxhash
+        unseeded = xxhash.xxh3_64_intdigest(orjson.dumps(VENDOR_RECORD))
+        assert normalise.received_hash(VENDOR_RECORD) % 2**64 != unseeded
+
+    def test_values_orjson_refuses(self) -> None:
+        """Nesting past orjson's limit, huge integers and lone surrogates still hash, and differ."""
+        values = [nested(3000, 1, as_objects=True), nested(3000, 2, as_objects=True), 2**70, 2**71,
+                  10**5000, "\ud800", "\ud801"]
+        assert len({normalise.received_hash(value) for value in values}) == len(values)
+
+
+class TestTaskIdOf:
+    @pytest.mark.parametrize(("raw", "expected"), [
+        pytest.param(VENDOR_RECORD, "10001", id="string"),
+        pytest.param({"task_id": 10001}, "10001", id="number"),
+        pytest.param({"task_id": 10001.0}, "10001", id="whole-float"),
+        pytest.param({"task_id": 10**5000}, "1" + "0" * 5000, id="beyond-str-guard"),
+        pytest.param({"task_id": ""}, None, id="empty"),
+        pytest.param({"task_id": True}, None, id="boolean"),
+        pytest.param({"task_id": {"id": 1}}, None, id="object"),
+        pytest.param({"receivers": "x"}, None, id="missing"),
+        pytest.param([{"task_id": "1"}], None, id="not-an-object"),
+    ])
+    def test_readable_task_id(self, raw: object, expected: str | None) -> None:
+        """The task_id of any record, malformed or not, by the same rule as task(); None if unreadable."""
+        assert normalise.task_id_of(raw) == expected
+
