@@ -81,9 +81,6 @@ def floor(bodies: list[bytes]) -> int:
 
 
 async def bench_unchanged(tasks: int, work: Path, rounds: int, *, drift: bool) -> dict[str, Any]:
-    from poller import normalise
-
-    normalise.clear_caches()
     sim, base_url = simulator_process(tasks, 3, work / "sim.log", drift=drift)
     try:
         cfg = settings(base_url, f"sqlite:///{work / f'unchanged-{drift}.db'}")
