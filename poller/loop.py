@@ -85,6 +85,8 @@ class Poller:
                                types=self.types, clock=clock)
         self.backfills = Backfiller(reader=self.pages, store=store, clock=clock)
         metrics.LAG.set_function(self._lag_s)
+        metrics.LOOKBACK.set(settings.lookback_minutes * 60)
+        metrics.SWEEP_PERIOD.set(settings.sweep_period_h * 3600)
 
     def stop(self) -> None:
         """Ask the loop to finish its current cycle and return."""

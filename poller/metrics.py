@@ -176,6 +176,12 @@ SOURCE_LATENESS = Histogram(
     buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400,
              30 * 86400),
 )
+LOOKBACK = Gauge(
+    "waiqin_poller_lookback_seconds", "POLLER_LOOKBACK_MINUTES in seconds (alerts compare lateness to it).",
+)
+SWEEP_PERIOD = Gauge(
+    "waiqin_poller_sweep_period_seconds", "POLLER_SWEEP_PERIOD_HOURS in seconds (0: the sweep is off).",
+)
 SWEEP_PROGRESS = Gauge(
     "waiqin_poller_sweep_progress_ratio", "Share of the history the current sweep pass has read.",
 )
