@@ -40,8 +40,10 @@ class Source:
 
     def __init__(self, count: int) -> None:
         self._count = count
+        self.requests: dict[str, int] = {}
 
-    async def iter_pages(self, window: Window, *, split_days: int | None = None) -> AsyncIterator[Page]:
+    async def iter_pages(self, window: Window, *, split_days: int | None = None, start_page: int = 1,
+                         max_pages: int | None = None) -> AsyncIterator[Page]:
         page: list[Any] = []
         number = 1
         for raw in records(self._count):
