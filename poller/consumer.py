@@ -251,6 +251,7 @@ class Delivery:
 
     message: Message
     verdict: Verdict
+    gap: Gap | None = None  # with Verdict.GAP: the versions that never arrived
 
 
 class TaskStream:
@@ -326,7 +327,8 @@ class TaskStream:
                 continue
             if self.view is not None:
                 self.view.apply(message)
-            out.append(Delivery(message, verdict))
+            out.append(Delivery(message, verdict,
+                                self.gaps[-1] if verdict is Verdict.GAP else None))
         return out
 
 
@@ -366,8 +368,9 @@ async def bootstrap(consumer: AIOKafkaConsumer, *, prefix: str = DEFAULT_PREFIX,
     ConsumeError when a topic does not exist.
     """
     tasks_topic, state_topic = topics(prefix)
-    event_partitions = _partitions(consumer, tasks_topic)
-    state_partitions = _partitions(consumer, state_topic)
+    existing = await consumer.topics()
+    event_partitions = _partitions(consumer, tasks_topic, existing)
+    state_partitions = _partitions(consumer, state_topic, existing)
     since_ms = max(0, int((now() - margin.total_seconds()) * 1000))
     ends = await consumer.end_offsets(event_partitions)
     found = await consumer.offsets_for_times({tp: since_ms for tp in event_partitions})
@@ -431,11 +434,13 @@ def _older(head: Envelope, than: Envelope) -> bool:
     return head.sequence is not None and than.sequence is not None and head.sequence < than.sequence
 
 
-def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
+def _partitions(consumer: AIOKafkaConsumer, topic: str, existing: set[str]
+                ) -> list[TopicPartition]:
+    if topic not in existing:
         raise ConsumeError(f"topic {topic} does not exist: check the prefix (POLLER_TOPIC_PREFIX) "
                            "and, for the state topic, that POLLER_STATE_TOPIC is not false",
                            topic)
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:  # created after the consumer started: its metadata does not know it yet
+        raise ConsumeError(f"topic {topic} is newer than this consumer: start it again", topic)
     return [TopicPartition(topic, p) for p in sorted(partitions)]
-

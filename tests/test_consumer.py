@@ -317,7 +317,7 @@ class TestBootstrap:
         got = await follow_to_end(reader, boot)
         assert [(d.message.ce_type, d.verdict) for d in got] == [("TaskReassigned", Verdict.GAP)]
         [gap] = boot.stream.gaps
-        assert list(gap.missing) == [2]
+        assert list(gap.missing) == [2] and got[0].gap == gap
         assert boot.view.tasks()["T1"].receivers[0].name == "张三"
 
     async def test_tombstone_is_not_undone_by_older_events(

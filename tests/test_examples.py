@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,10 +15,13 @@ import jsonschema
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from poller import events
+from poller.consumer import Delivery, Gap, TaskStream, Verdict, decode
 from poller.localbroker import TansuBroker
 from poller.models import OutboundRecord
 from poller.publish import KafkaPublisher
 from tests.fixtures.broker import kafka_settings, topic_settings
+from tests.test_consumer import Poller, task
+from tests.test_diff import ZHANG
 
 PARTITIONS = 3  # topic_settings() default
 # Tansu answers JoinGroup after half the session timeout: a short one keeps the test fast.
@@ -66,23 +71,16 @@ class TestCatalogue:
             jsonschema.Draft202012Validator(schema).validate(json.loads(record.value))
 
 
-class TestRecentIds:
-    def test_bounded_lru(self) -> None:
-        """An id is reported as seen until more than `capacity` newer ids pushed it out."""
-        recent = consumer.RecentIds(capacity=2)
-        assert [recent.seen(i) for i in ("a", "b", "a", "c")] == [False, False, True, False]
-        assert recent.seen("a") is True  # "a" was refreshed, so "b" was evicted
-        assert recent.seen("b") is False
-
-
-class TestProcess:
-    def test_duplicates_handled_once(self) -> None:
-        """A record re-delivered with the same ce_id is skipped."""
+class TestDescribe:
+    def test_lines_per_event_type(self) -> None:
+        """The example turns each delivered event into its line, gaps marked."""
         records = _records()
-        batch = [records["TaskCreated"], records["TaskAccepted"], records["TaskAccepted"]]
-        lines: list[str] = []
-        assert consumer.process(batch, consumer.RecentIds(), lines.append) == 2
-        assert lines[1].startswith("accepted: task ")
+        stream = TaskStream()
+        lines = [consumer.describe(d) for d in stream.deliveries(
+            [records["TaskCreated"], records["TaskAccepted"], records["TaskAccepted"]])]
+        assert len(lines) == 2 and lines[1].startswith("accepted: task ")
+        gap = Delivery(decode(records["TaskReopened"]), Verdict.GAP, Gap("1", 2, 5))
+        assert consumer.describe(gap).endswith("  [gap: versions 3..4 never arrived]")
 
 
 class TestConsumerAgainstBroker:
@@ -101,19 +99,58 @@ class TestConsumerAgainstBroker:
         group = f"{topics.prefix}-group"
         lines: list[str] = []
         stop = asyncio.Event()
-        task = asyncio.create_task(consumer.run(bootstrap, topics.prefix, group,
-                                                emit=lines.append, stop=stop,
-                                                options=FAST_JOIN))
+        task = asyncio.create_task(consumer.run_group(bootstrap, topics.prefix, group,
+                                                      emit=lines.append, stop=stop,
+                                                      options=FAST_JOIN))
         try:
             await _until_committed(bootstrap, group, topics.tasks, len(sent), task)
         finally:
             stop.set()
-            await task
+            stream = await task
         assert len(lines) == len(names)
         assert lines[0].startswith("TaskCreated: task ")
         assert lines[1].startswith("feedback on ")
         assert lines[2].startswith("TaskFeedbackSubmitted: task ")
         assert lines[3].startswith("accepted: task ")
+        assert stream.counts[Verdict.DUPLICATE] == 1
+
+    async def test_from_state_as_a_user_runs_it(self, running_kafka_broker: TansuBroker) -> None:
+        """`examples/consumer.py --from-state` prints the current state's size, then each
+        newer event, and exits 0 on Ctrl-C."""
+        topics = topic_settings()
+        poller = Poller()
+        async with KafkaPublisher(kafka_settings(running_kafka_broker), topics) as publisher:
+            for task_id in ("T1", "T2"):
+                await publisher.publish(poller.observe(task(task_id)))
+            process = await _example(running_kafka_broker.bootstrap, topics.prefix, "--from-state")
+            try:
+                assert await _line(process) == "current state: 2 tasks (2 state records read)"
+                await publisher.publish(poller.observe(task("T2", receivers=[ZHANG])))
+                assert await _line(process) == "reassigned: task T2 to 张三"
+            finally:
+                process.send_signal(signal.SIGINT)
+                assert await asyncio.wait_for(process.wait(), 20) == 0
+
+    async def test_missing_topics_are_one_line(self, running_kafka_broker: TansuBroker) -> None:
+        """Pointed at a prefix without topics, the example says so in one line and exits 1."""
+        process = await _example(running_kafka_broker.bootstrap, "nowhere", "--from-state")
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 1
+        assert out.decode().splitlines() == [
+            "error: topic nowhere.tasks does not exist: check the prefix (POLLER_TOPIC_PREFIX) "
+            "and, for the state topic, that POLLER_STATE_TOPIC is not false"]
+
+
+async def _example(bootstrap: str, prefix: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "examples" / "consumer.py"), "--bootstrap", bootstrap,
+        "--prefix", prefix, *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+async def _line(process: asyncio.subprocess.Process) -> str:
+    assert process.stdout is not None
+    return (await asyncio.wait_for(process.stdout.readline(), 30)).decode().rstrip("\n")
 
 
 async def _until_committed(bootstrap: str, group: str, topic: str, total: int,
