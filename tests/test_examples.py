@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import asyncpg
 import jsonschema
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from poller import events
 from poller.consumer import Delivery, Gap, TaskStream, Verdict, decode
@@ -20,7 +22,9 @@ from poller.localbroker import TansuBroker
 from poller.models import OutboundRecord
 from poller.publish import KafkaPublisher
 from tests.fixtures.broker import kafka_settings, topic_settings
-from tests.test_consumer import Poller, task
+from tests.fixtures.postgres import pg_execute
+from tests.integration.harness import eventually
+from tests.test_consumer import Poller, state_of, task, tombstone
 from tests.test_diff import ZHANG
 
 PARTITIONS = 3  # topic_settings() default
@@ -43,6 +47,7 @@ def _load(relative: str, name: str) -> ModuleType:
 
 catalogue = _load("docs/gen_event_catalogue.py", "gen_event_catalogue")
 consumer = _load("examples/consumer.py", "example_consumer")
+mirror = _load("examples/mirror_postgres.py", "example_mirror_postgres")
 
 
 def _records() -> dict[str, OutboundRecord]:
@@ -172,3 +177,106 @@ async def _until_committed(bootstrap: str, group: str, topic: str, total: int,
                 await asyncio.sleep(0.1)  # committed offsets have no event to await
     finally:
         await reader.stop()
+
+
+class TestMirrorPostgres:
+    async def test_table_equals_the_state_topic_across_restarts(
+            self, running_kafka_broker: TansuBroker, pg_url: str) -> None:
+        """The mirror run as a user runs it keeps one row per live task at its newest version:
+        newer states replace rows, an older state re-sent is ignored, a tombstone deletes, and
+        a restart resumes after the last applied batch (offsets kept with the rows)."""
+        topics = topic_settings()
+        poller = Poller()
+        async with KafkaPublisher(kafka_settings(running_kafka_broker), topics) as publisher:
+            first_t2 = state_of(poller.observe(task("T2")))
+            flushes = [poller.observe(task("T1")), poller.observe(task("T3")),
+                       poller.observe(task("T1", task_content="新内容")),
+                       poller.observe(task("T2", receivers=[ZHANG]))]
+            for flush in flushes:
+                await publisher.publish(flush)
+            await publisher.publish([first_t2, tombstone(state_of(flushes[1]), 2)])
+            process = await _mirror(running_kafka_broker.bootstrap, pg_url, topics.prefix)
+            try:
+                rows = await eventually(lambda: _rows_if_caught_up(pg_url, topics.state, 6),
+                                        what="the mirror to apply 6 state records")
+            finally:
+                process.send_signal(signal.SIGINT)
+                assert await asyncio.wait_for(process.wait(), 20) == 0
+            assert {task_id: seq for task_id, (seq, _) in rows.items()} == {"T1": 2, "T2": 2}
+            assert rows["T1"][1]["task_content"] == "新内容"
+            assert rows["T2"][1]["receivers"] == [{"id": ZHANG["id"], "name": "张三"}]
+            assert rows["T1"][1] == json.loads(state_of(flushes[2]).value)
+
+            # While it is stopped: one more change, and a row removed behind its back, which a
+            # mirror that re-read the topic from the start would bring back.
+            await pg_execute(pg_url, "DELETE FROM waiqin_tasks WHERE task_id = 'T2'")
+            await publisher.publish(poller.observe(task("T1", task_content="第三版")))
+            process = await _mirror(running_kafka_broker.bootstrap, pg_url, topics.prefix)
+            try:
+                rows = await eventually(lambda: _rows_if_caught_up(pg_url, topics.state, 7),
+                                        what="the restarted mirror to apply 1 more record")
+            finally:
+                process.send_signal(signal.SIGINT)
+                assert await asyncio.wait_for(process.wait(), 20) == 0
+            assert {task_id: seq for task_id, (seq, _) in rows.items()} == {"T1": 3}
+
+    async def test_older_version_in_a_later_batch_is_ignored(self, pg_url: str) -> None:
+        """Batch by batch, a row only moves forward: an older state is ignored, a tombstone older
+        than the row deletes nothing, a newer tombstone deletes."""
+        poller = Poller()
+        first = state_of(poller.observe(task("T1")))
+        second = state_of(poller.observe(task("T1", task_content="新内容")))
+        conn = await asyncpg.connect(pg_url)
+        try:
+            table = mirror.Mirror(conn, "tasks_mirror")
+            await table.create()
+            assert await table.apply(_consumed([second])) == 1
+            assert await table.apply(_consumed([first], offset=1)) == 0
+            assert await table.apply(_consumed([tombstone(first, 1)], offset=2)) == 0
+            assert await conn.fetchval("SELECT task->>'task_content' FROM tasks_mirror") == "新内容"
+            assert await table.apply(_consumed([tombstone(first, 3)], offset=3)) == 1
+            assert await conn.fetchval("SELECT count(*) FROM tasks_mirror") == 0
+            assert await table.offsets("state") == {0: 4}
+        finally:
+            await conn.close()
+
+    async def test_missing_topic_is_one_line(self, running_kafka_broker: TansuBroker,
+                                             pg_url: str) -> None:
+        """Pointed at a prefix without a state topic, the mirror says so in one line, exit 1."""
+        process = await _mirror(running_kafka_broker.bootstrap, pg_url, "nowhere")
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 1
+        assert out.decode().splitlines() == [
+            "error: topic nowhere.tasks.state does not exist: check --prefix "
+            "(POLLER_TOPIC_PREFIX) and that the poller runs with POLLER_STATE_TOPIC=true"]
+
+
+def _consumed(records: list[OutboundRecord], offset: int = 0) -> list[ConsumerRecord[bytes, bytes]]:
+    """The records as a consumer reads them from partition 0 of topic "state"."""
+    return [ConsumerRecord("state", 0, offset + n, 0, 0, r.key, r.value, None, 0, 0, r.headers)
+            for n, r in enumerate(records)]
+
+
+async def _mirror(bootstrap: str, dsn: str, prefix: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "examples" / "mirror_postgres.py"), "--bootstrap", bootstrap,
+        "--dsn", dsn, "--prefix", prefix, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+async def _rows_if_caught_up(dsn: str, topic: str, records: int
+                             ) -> dict[str, tuple[int, dict[str, object]]] | None:
+    """The mirror's rows once its stored offsets cover `records` state records, else None."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if await conn.fetchval("SELECT to_regclass('waiqin_tasks_offsets')") is None:
+            return None
+        covered = await conn.fetchval(
+            "SELECT coalesce(sum(next_offset), 0) FROM waiqin_tasks_offsets WHERE topic = $1",
+            topic)
+        if covered < records:
+            return None
+        rows = await conn.fetch("SELECT task_id, sequence, task FROM waiqin_tasks")
+        return {row["task_id"]: (row["sequence"], json.loads(row["task"])) for row in rows}
+    finally:
+        await conn.close()
