@@ -27,7 +27,6 @@ DEFAULT_CAPACITY = 100_000
 # record are published in one outbox flush; the margin covers the time between them (one
 # publish call, or a drain that splits a flush) plus clock skew between the poller and us.
 DEFAULT_MARGIN = timedelta(hours=1)
-VANISHED_TYPE = "TaskVanished"  # the event after which a task has no current state
 GAPS_KEPT = 1000  # the most recent gaps and unreadable records kept for inspection
 KNOWN_TYPES = frozenset(
     [model.__name__ for model in events.TASK_EVENTS]
@@ -208,7 +207,7 @@ class TaskView:
             if not message.is_tombstone or (current is not None and current.task is None):
                 return False
             sequence = current.sequence if current is not None else 0
-        gone = message.is_tombstone or message.ce_type == VANISHED_TYPE
+        gone = message.is_tombstone or isinstance(message.payload, events.TaskVanished)
         if current is not None and (sequence < current.sequence or (
                 sequence == current.sequence and not (gone and current.task is not None))):
             return False  # the view already holds this observation, or a later one

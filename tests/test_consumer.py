@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,15 @@ class Poller:
         if records:
             records.append(events.state_record(seen.events[0], source=SOURCE))
         return records
+
+    def vanish(self, task_id: str) -> list[OutboundRecord]:
+        """The sweep confirmed the task gone: TaskVanished, then the state tombstone."""
+        before = self.snapshots[task_id]
+        seen = diff.vanished(before, observed_at=OBSERVED_AT)
+        self.snapshots[task_id] = replace(before, version=seen.version, vanished=True)
+        [event] = seen.events
+        assert isinstance(event, events.TaskVanished)
+        return [events.encode(event, source=SOURCE), events.state_tombstone(event, source=SOURCE)]
 
 
 def task(task_id: str, **changes: Any) -> dict[str, Any]:
@@ -146,6 +156,24 @@ class TestTaskView:
             entry = view.get("T1")
             assert entry is not None and entry.task is None and entry.sequence >= 1
             assert view.apply(message(state)) is False  # an older state does not resurrect it
+
+    def test_vanished_task_leaves_and_comes_back(self) -> None:
+        """TaskVanished and its tombstone remove the task; its reappearance restores it."""
+        poller = Poller()
+        created = poller.observe(task("T1"))
+        vanished, gone = poller.vanish("T1")
+        back = poller.observe(task("T1", task_content="回来了"))
+        assert consumer.decode(back[0]).ce_type == "TaskRestored"
+        by_events, by_state = ([*created, vanished], back), ([state_of(created), gone],
+                                                              [state_of(back)])
+        for gone_by, back_by in (by_events, by_state):
+            view = TaskView()
+            for record in gone_by:
+                view.apply(message(record))
+            assert view.tasks() == {} and view.sequences() == {"T1": 2}
+            for record in back_by:
+                view.apply(message(record))
+            assert view.tasks()["T1"].task_content == "回来了" and view.sequences() == {"T1": 3}
 
     def test_other_records_are_ignored(self) -> None:
         """Records without a task version (dead letters, task types) leave the view alone."""
@@ -320,18 +348,21 @@ class TestBootstrap:
         assert list(gap.missing) == [2] and got[0].gap == gap
         assert boot.view.tasks()["T1"].receivers[0].name == "张三"
 
-    async def test_tombstone_is_not_undone_by_older_events(
+    async def test_vanished_task_is_not_undone_by_older_events(
             self, publisher: KafkaPublisher, reader: AIOKafkaConsumer) -> None:
-        """A task tombstoned in the state topic stays gone although its older events are read
-        again within the margin."""
+        """A task whose tombstone is in the state topic stays gone although its older events
+        are read again within the margin; its reappearance brings it back."""
         poller = Poller()
-        flushes = [poller.observe(task("T1")), poller.observe(task("T1", task_content="新"))]
-        for flush in flushes:
+        for flush in (poller.observe(task("T1")), poller.observe(task("T1", task_content="新")),
+                      poller.vanish("T1")):
             await publisher.publish(flush)
-        await publisher.publish([tombstone(state_of(flushes[-1]), 3)])
         boot = await consumer.bootstrap(reader, prefix=prefix_of(publisher))
         assert boot.view.tasks() == {} and boot.view.sequences() == {"T1": 3}
-        assert await follow_to_end(reader, boot) == []
+        await publisher.publish(poller.observe(task("T1", task_content="回来了")))
+        got = await follow_to_end(reader, boot)
+        assert [(d.message.ce_type, d.verdict) for d in got] == [
+            ("TaskRestored", Verdict.NEXT), ("TaskUpdated", Verdict.SAME)]
+        assert boot.view.tasks()["T1"].task_content == "回来了" and boot.stream.gap_count == 0
 
     async def test_missing_topic_is_a_clear_error(self, reader: AIOKafkaConsumer) -> None:
         """Bootstrapping under a prefix without topics names the topic and the settings."""

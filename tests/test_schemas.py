@@ -60,10 +60,10 @@ def sample_records() -> list[OutboundRecord]:
 
 
 def tombstone() -> OutboundRecord:
-    """A state-topic tombstone: the headers of a state record, no value."""
-    [event, *_] = diff.observe(None, normalise.task(VENDOR_RECORD), observed_at=OBSERVED_AT).events
-    record = events.state_record(event, source="test")
-    return OutboundRecord(topic="state", key=record.key, value=None, headers=record.headers)
+    """The state-topic tombstone of a vanished task."""
+    [event] = diff.vanished(stored(BEFORE), observed_at=OBSERVED_AT).events
+    assert isinstance(event, events.TaskVanished)
+    return events.state_tombstone(event, source="test")
 
 
 class TestCheckedIn:
