@@ -46,6 +46,7 @@ def _load(relative: str, name: str) -> ModuleType:
 
 
 catalogue = _load("docs/gen_event_catalogue.py", "gen_event_catalogue")
+guide = _load("docs/gen_consumer_guide.py", "gen_consumer_guide")
 consumer = _load("examples/consumer.py", "example_consumer")
 mirror = _load("examples/mirror_postgres.py", "example_mirror_postgres")
 
@@ -74,6 +75,35 @@ class TestCatalogue:
         for name, record in _records().items():
             schema = json.loads((ROOT / "poller" / "schemas" / f"{name}.json").read_text())
             jsonschema.Draft202012Validator(schema).validate(json.loads(record.value))
+
+
+class TestConsumerGuide:
+    def test_up_to_date(self) -> None:
+        """docs/consumers.md is exactly what the generator produces from today's code."""
+        committed = (ROOT / "docs" / "consumers.md").read_text(encoding="utf-8")
+        assert committed == guide.render(), "run: python docs/gen_consumer_guide.py"
+
+    def test_story_is_the_planner_output(self) -> None:
+        """Each step's flush is its events, then one state record at the same ce_sequence (a
+        tombstone for the vanishing), and the versions grow by one."""
+        for version, (_, flush) in enumerate(guide.story(), start=1):
+            *task_events, state = flush
+            assert task_events and all(r.topic == "tasks" for r in task_events)
+            assert state.topic == "state" and dict(state.headers)["ce_type"] == b"TaskState"
+            assert {dict(r.headers)["ce_sequence"] for r in flush} == {str(version).encode()}
+        assert state.value is None
+
+    def test_library_table_names_what_exists(self) -> None:
+        """Every name the guide's library table lists is in poller.consumer."""
+        from poller import consumer as library
+
+        for name, _ in guide.LIBRARY:
+            assert hasattr(library, name.split("(")[0]), name
+
+    def test_verdict_table_covers_every_verdict(self) -> None:
+        """The worked example shows every verdict the library gives."""
+        judged = {verdict for _, _, verdict in guide.verdicts(guide.story())}
+        assert judged == {verdict.value for verdict in Verdict}
 
 
 class TestDescribe:
