@@ -152,8 +152,8 @@ LIBRARY = [
      "`ConsumeError` for a record the poller did not write"),
     ("RecentIds", "the bounded LRU of recent `ce_id`s"),
     ("TaskStream", "the verdict on each record (`accept`), and `deliveries(records)`: the records "
-     "to act on, decoded, in order. A record it cannot read is set aside in `unreadable` instead "
-     "of stopping the stream"),
+     "to act on, decoded one at a time as you iterate, in order. A record it cannot read is set "
+     "aside in `unreadable` instead of stopping the stream"),
     ("TaskView", "the current state of every task: the highest `ce_sequence` wins; a tombstone or "
      "`TaskVanished` removes the task and keeps its version"),
     ("bootstrap(consumer, prefix=..., margin=...)", "the state topic read into a view, and the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -307,13 +307,14 @@ class TaskStream:
         """Gaps seen so far (all of them, not only the ones kept)."""
         return self.counts[Verdict.GAP]
 
-    def deliveries(self, records: Iterable[Record]) -> list[Delivery]:
+    def deliveries(self, records: Iterable[Record]) -> Iterator[Delivery]:
         """The records to act on, decoded, in order; the view (if any) follows them.
 
-        A record that cannot be read is skipped and kept in `unreadable`: one bad record never
-        stops the stream.
+        Lazy: each record is judged and decoded when the iteration reaches it, so a consumer
+        that handles one delivery at a time holds only that one (iterate to the end to account
+        for every record). A record that cannot be read is skipped and kept in `unreadable`:
+        one bad record never stops the stream.
         """
-        out: list[Delivery] = []
         for record in records:
             try:
                 head = envelope(record)
@@ -326,9 +327,7 @@ class TaskStream:
                 continue
             if self.view is not None:
                 self.view.apply(message)
-            out.append(Delivery(message, verdict,
-                                self.gaps[-1] if verdict is Verdict.GAP else None))
-        return out
+            yield Delivery(message, verdict, self.gaps[-1] if verdict is Verdict.GAP else None)
 
 
 @dataclass(frozen=True)
@@ -426,7 +425,7 @@ async def follow(consumer: AIOKafkaConsumer, boot: Bootstrap, *, timeout_ms: int
         consumer.seek(tp, offset)
     while True:
         batches = await consumer.getmany(timeout_ms=timeout_ms)
-        yield boot.stream.deliveries(record for records in batches.values() for record in records)
+        yield list(boot.stream.deliveries(r for records in batches.values() for r in records))
 
 
 def _older(head: Envelope, than: Envelope) -> bool:

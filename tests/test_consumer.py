@@ -235,7 +235,7 @@ class TestTaskStream:
             poller.observe(task("T1", receivers=[ZHANG])))
         bad = OutboundRecord("tasks", b"T1", b"{}", ())
         stream = TaskStream(view=TaskView())
-        got = stream.deliveries([flush[0], bad, flush[0], *flush[1:]])
+        got = list(stream.deliveries([flush[0], bad, flush[0], *flush[1:]]))
         assert [d.verdict for d in got] == [Verdict.NEXT, Verdict.NEXT]
         assert [type(d.message.payload).__name__ for d in got] == ["TaskCreated", "TaskReassigned"]
         assert stream.view is not None and stream.view.sequences() == {"T1": 2}
