@@ -316,28 +316,31 @@ it re-publishes what it had not yet sent, byte for byte. `ce_id` is deterministi
 observed (task, event type, the version the observation gave the task, and the state or
 feedback entry it describes), so a re-published event has the same `ce_id`, and two different
 changes never share one, even when a task changes back and forth: de-duplicate on it (a
-bounded set of recent ids is enough; `examples/consumer.py` shows one). Commit consumer
+bounded set of recent ids is enough; `poller.consumer.TaskStream` keeps one). Commit consumer
 offsets only after processing.
 
 ## Schemas
 
-- `poller/schemas/<Event>.json`: a JSON Schema (draft 2020-12) per event and for `DeadLetter`,
-  generated from the pydantic models (`python -m poller.schemas`).
-- `poller/schemas/asyncapi.yaml`: an AsyncAPI 3.0 document of the three channels, their
+- `poller/schemas/<Event>.json`: a JSON Schema (draft 2020-12) per event, for the state
+  topic's `TaskState` and for `DeadLetter`, generated from the pydantic models
+  (`python -m poller.schemas`).
+- `poller/schemas/asyncapi.yaml`: an AsyncAPI 3.0 document of the four channels, their
   messages, keys and headers.
 - Python consumers can use the models directly: `poller.events.decode(record)` returns the
-  typed event (`TaskAccepted`, …, or `DeadLetter`) of a consumed aiokafka record.
+  typed event (`TaskAccepted`, …, `TaskState`, or `DeadLetter`) of a consumed aiokafka record.
 
 ## A consumer in Python
 
-`examples/consumer.py` is a short, runnable consumer (aiokafka, with the `poller` package
-installed for its event models): it joins a consumer group, reads `waiqin365.tasks`, skips
-`ce_id`s it has already seen (a bounded LRU), decodes each record with
-`poller.events.decode`, dispatches on the event type and commits offsets after each
-processed batch.
+[consumers.md](consumers.md) is the guide to consuming: ordering per task, de-duplication,
+gaps, starting late from the current-state topic, and a table mirror (with the Kafka Connect
+JDBC sink that does the same). The package ships a typed consumer library for it,
+`poller.consumer`; `examples/consumer.py` is a short, runnable consumer built on it: with
+`--group` it joins a consumer group, acts on each change once and in order and commits offsets
+after each processed batch; with `--from-state` it starts from the current state of every task.
 
 ```console
 python examples/consumer.py --bootstrap localhost:9092 --prefix waiqin365 --group my-service
+python examples/consumer.py --bootstrap localhost:9092 --prefix waiqin365 --from-state
 ```
 
 ## Event types

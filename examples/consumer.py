@@ -1,11 +1,13 @@
-"""A minimal waiqin-poller consumer: read the task topic, drop re-deliveries, act on events.
+"""A waiqin-poller consumer on the poller.consumer library: act on each change once, in order.
 
-    python examples/consumer.py --bootstrap localhost:9092 --prefix waiqin365 --group my-service
+    python examples/consumer.py --bootstrap localhost:9092 --group my-service
+    python examples/consumer.py --bootstrap localhost:9092 --from-state
 
-It joins a consumer group, de-duplicates by the `ce_id` header (the poller delivers
-at-least-once and re-sends the same ids after a crash or retry), decodes each record into the
-published event models (`poller.events`) and commits offsets only after a batch is processed,
-so a crash of this consumer re-delivers instead of losing events.
+With `--group` it joins a consumer group on the task topic and commits offsets after each
+processed batch (a crash re-delivers, never loses); the library skips re-deliveries (same
+ce_id, or a ce_sequence already applied) and reports gaps. With `--from-state` it needs no
+group: it reads the current state of every task from the compacted state topic, then follows
+the task topic from where that state leaves off (a service that keeps a view restarts this way).
 """
 
 from __future__ import annotations
@@ -13,104 +15,106 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
-from poller import events
+from poller import consumer, events
+from poller.consumer import Delivery, TaskStream
+from poller.errors import ConsumeError
 
 Emit = Callable[[str], None]
 """Where a handled event's line goes (print in the CLI, a list in tests)."""
 
 
-class RecentIds:
-    """The last `capacity` ce_ids seen: a bounded LRU, enough to absorb re-deliveries."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def seen(self, ce_id: str) -> bool:
-        """True if `ce_id` was seen before; otherwise remember it (evicting the oldest)."""
-        if ce_id in self._ids:
-            self._ids.move_to_end(ce_id)
-            return True
-        self._ids[ce_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return False
-
-
-def describe(event: events.Event | events.DeadLetter) -> str:
-    """What this example does with each event type: here, one line of text."""
+def describe(delivery: Delivery) -> str:
+    """What this example does with each event: here, one line of text."""
+    event, message = delivery.message.payload, delivery.message
     match event:
         case events.TaskAccepted():
-            return f"accepted: task {event.task_id} ({event.task.task_content})"
+            line = f"accepted: task {event.task_id} ({event.task.task_content})"
         case events.TaskRejected():
-            return f"rejected: task {event.task_id}, feedback needed again"
+            line = f"rejected: task {event.task_id}, feedback needed again"
         case events.FeedbackAdded():
-            return f"feedback on {event.task_id}: {event.feedback.feedback_content}"
+            line = f"feedback on {event.task_id}: {event.feedback.feedback_content}"
         case events.TaskReassigned():
             names = ", ".join(r.name or r.id for r in event.added)
-            return f"reassigned: task {event.task_id} to {names}"
+            line = f"reassigned: task {event.task_id} to {names}"
         case events.TaskTypeChanged():
-            return f"task type {event.type_id} changed: {sorted(event.changes)}"
+            line = f"task type {event.type_id} changed: {sorted(event.changes)}"
         case events.DeadLetter():
-            return f"dead letter: {event.reason}"
+            line = f"dead letter: {event.reason}"
         case _:
-            return f"{event.type}: task {event.task_id} (version {event.sequence})"
+            line = f"{message.ce_type}: task {message.task_id} (version {message.sequence})"
+    if delivery.gap is not None:
+        missing = delivery.gap.missing
+        line += f"  [gap: versions {missing.start}..{missing.stop - 1} never arrived]"
+    return line
 
 
-def process(records: Iterable[Any], recent: RecentIds, emit: Emit) -> int:
-    """Handle each record once: skip ce_ids already seen, decode, dispatch on the event type.
-
-    Returns how many records were handled (duplicates excluded). Works on consumed aiokafka
-    records and on the poller's OutboundRecord alike.
-    """
-    handled = 0
-    for record in records:
-        ce_id = dict(record.headers).get("ce_id", b"").decode()
-        if ce_id and recent.seen(ce_id):
-            continue  # a re-delivery: same observation, same id
-        emit(describe(events.decode(record)))
-        handled += 1
-    return handled
-
-
-async def run(bootstrap: str, prefix: str, group: str, *, emit: Emit = print,
-              stop: asyncio.Event | None = None, recent: RecentIds | None = None,
-              options: Mapping[str, Any] | None = None) -> None:
+async def run_group(bootstrap: str, prefix: str, group: str, *, emit: Emit = print,
+                    stop: asyncio.Event | None = None,
+                    options: Mapping[str, Any] | None = None) -> TaskStream:
     """Consume `{prefix}.tasks` in consumer group `group` until `stop` is set.
 
-    `options` are passed to AIOKafkaConsumer as is (security settings, timeouts).
+    `options` are passed to AIOKafkaConsumer as is (security settings, timeouts). Returns the
+    stream, whose counts say what was skipped and which gaps were seen.
     """
     stop = stop or asyncio.Event()
-    recent = recent or RecentIds()
-    consumer = AIOKafkaConsumer(
-        f"{prefix}.tasks", bootstrap_servers=bootstrap, group_id=group,
+    stream = TaskStream()
+    tasks_topic, _ = consumer.topics(prefix)
+    reader = AIOKafkaConsumer(
+        tasks_topic, bootstrap_servers=bootstrap, group_id=group,
         enable_auto_commit=False,  # commit only what was processed
         auto_offset_reset="earliest",  # a new group starts from the oldest retained event
         **(options or {}),
     )
-    await consumer.start()
     try:
+        await reader.start()
         while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
+            batches = await reader.getmany(timeout_ms=500)
             for batch in batches.values():
-                process(batch, recent, emit)
+                for delivery in stream.deliveries(batch):
+                    emit(describe(delivery))
             if batches:
-                await consumer.commit()
+                await reader.commit()
     finally:
-        await consumer.stop()
+        await reader.stop()
+    return stream
 
 
-def main(argv: list[str] | None = None) -> None:
+async def run_from_state(bootstrap: str, prefix: str, *, emit: Emit = print,
+                         stop: asyncio.Event | None = None,
+                         options: Mapping[str, Any] | None = None) -> consumer.Bootstrap:
+    """Read the state topic, then follow `{prefix}.tasks` until `stop` is set (no group)."""
+    stop = stop or asyncio.Event()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                              enable_auto_commit=False, **(options or {}))
+    try:
+        await reader.start()
+        boot = await consumer.bootstrap(reader, prefix=prefix)
+        emit(f"current state: {len(boot.view.tasks())} tasks "
+             f"({boot.state_records} state records read)")
+        async for batch in consumer.follow(reader, boot):
+            for delivery in batch:
+                emit(describe(delivery))
+            if stop.is_set():
+                break
+    finally:
+        await reader.stop()
+    return boot
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", default="localhost:9092", help="Kafka bootstrap servers")
     parser.add_argument("--prefix", default="waiqin365", help="POLLER_TOPIC_PREFIX of the poller")
-    parser.add_argument("--group", default="waiqin-example", help="consumer group id")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--group", default="waiqin-example", help="consumer group id")
+    mode.add_argument("--from-state", action="store_true",
+                      help="start from the state topic instead of a consumer group")
     args = parser.parse_args(argv)
 
     async def serve() -> None:
@@ -118,10 +122,18 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(args.bootstrap, args.prefix, args.group, stop=stop)
+        if args.from_state:
+            await run_from_state(args.bootstrap, args.prefix, stop=stop)
+        else:
+            await run_group(args.bootstrap, args.prefix, args.group, stop=stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except (ConsumeError, KafkaError) as exc:  # expected conditions: one line, no traceback
+        print(f"error: {exc}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

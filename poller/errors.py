@@ -14,7 +14,8 @@
     │   ├── StoreUnavailable     retriable
     │   └── StoreConflict        fatal       unreadable state, a schema newer than this release
     │       └── LeadershipLost   fatal       the HA lock is gone: stop, back off, acquire again
-    └── ServeError               startup     the HTTP port cannot be bound (taken, not allowed)
+    ├── ServeError               startup     the HTTP port cannot be bound (taken, not allowed)
+    └── ConsumeError             skippable   (consumer library) a topic or record it cannot read
 
 `retriable` says whether the same operation may simply be tried again in place. A fatal error
 fails the current cycle: the daemon logs it, turns not-ready and starts the next cycle after an
@@ -120,3 +121,14 @@ class LeadershipLost(StoreConflict):
 
 class ServeError(PollerError):
     """The health/metrics server cannot listen where it was told to (port taken, no permission)."""
+
+
+class ConsumeError(PollerError):
+    """The consumer library (poller.consumer) cannot read a topic or a record; says where."""
+
+    def __init__(self, message: str, topic: str | None = None, partition: int | None = None,
+                 offset: int | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset

@@ -189,6 +189,14 @@ class DeadLetter(_Event):
     truncated: Truncated = ()
 
 
+class TaskState(Task):
+    """The current state of a task (state topic; key = task_id, ce_type=TaskState): the full
+    normalised task as last observed, the same object as an event's `task`. Its version is the
+    ce_sequence header; a tombstone (null value) follows the task's vanishing."""
+
+    truncated: Truncated = ()
+
+
 TASK_EVENTS: tuple[type[TaskEvent], ...] = (
     TaskCreated, TaskUpdated, TaskReassigned, TaskDeadlineChanged, FeedbackAdded,
     TaskFeedbackSubmitted, TaskAccepted, TaskRejected, TaskReopened, TaskDeleted, TaskRestored,
@@ -363,11 +371,14 @@ def dead_letter(
     return OutboundRecord(topic="dead-letter", key=key, value=fitted.body, headers=headers)
 
 
-def decode(message: KafkaMessage) -> Event | DeadLetter:
-    """The event in a Kafka record written by encode() or dead_letter()."""
-    headers = dict(message.headers)
+def decode(message: KafkaMessage) -> Event | DeadLetter | TaskState | None:
+    """The event in a Kafka record written by encode(), dead_letter() or state_record(); None
+    for a state-topic tombstone (the key with a null value)."""
+    ce_type = dict(message.headers).get("ce_type")
+    if ce_type == STATE_TYPE.encode():
+        return None if message.value is None else TaskState.model_validate_json(message.value)
     value = message.value or b""
-    if headers.get("ce_type") == b"DeadLetter":
+    if ce_type == b"DeadLetter":
         return DeadLetter.model_validate_json(value)
     return _EVENT_ADAPTER.validate_json(value)
 

@@ -294,3 +294,27 @@ class TestRoundTrip:
             assert events.decode(record) == event
             assert dict(record.headers)["ce_id"] == event.id.encode()
             assert dict(record.headers)["ce_type"] == event.type.encode()
+
+
+class TestDecodeState:
+    def test_state_record_decodes_to_the_task(self) -> None:
+        """A state record decodes to a TaskState equal, field by field, to the event's task."""
+        [created, *_] = created_events()
+        state = events.decode(events.state_record(created, source=SOURCE))
+        assert isinstance(state, events.TaskState)
+        assert state.model_dump() == created.task.model_dump()
+        assert state.truncated == ()
+
+    def test_tombstone_decodes_to_none(self) -> None:
+        """A state-topic record with a null value (a tombstone) decodes to None."""
+        [created, *_] = created_events()
+        headers = events.state_record(created, source=SOURCE).headers
+        assert events.decode(OutboundRecord("state", b"1", None, headers)) is None
+
+    def test_cut_state_lists_what_was_cut(self) -> None:
+        """A state record cut to fit decodes with the cut paths in `truncated`."""
+        [created, *_] = created_events(long_feedback_task())
+        state = events.decode(events.state_record(created, source=SOURCE, max_bytes=200_000))
+        assert isinstance(state, events.TaskState)
+        assert state.truncated and all(p.startswith("feedback_detail[") or
+                                       p == "latest_feedback_content" for p in state.truncated)

@@ -36,6 +36,7 @@ def sample_records() -> list[OutboundRecord]:
                                      observed_at=OBSERVED_AT))
     observations.append(diff.vanished(stored(BEFORE), observed_at=OBSERVED_AT, type_name="巡检"))
     records = [events.encode(event, source="test") for obs in observations for event in obs.events]
+    records += [events.state_record(obs.events[0], source="test") for obs in observations]
     [type_event], _ = diff.observe_type(
         normalise.task_type({"type_id": "1", "type_name": "a"}),
         normalise.task_type({"type_id": "1", "type_name": "b"}), observed_at=OBSERVED_AT)
@@ -49,12 +50,20 @@ def sample_records() -> list[OutboundRecord]:
     [cut_event, *_] = diff.observe(None, normalise.task({**VENDOR_RECORD, "task_content": long_text}),
                                    observed_at=OBSERVED_AT).events
     records.append(events.encode(cut_event, source="test", max_bytes=20_000))
+    records.append(events.state_record(cut_event, source="test", max_bytes=20_000))
     records.append(events.dead_letter(
         {"task_id": "1", "receivers": [{"id": str(n)} for n in range(5000)]}, reason="bad",
         task_id="1", window={"modify_date_from": None, "modify_date_to": None}, page=1,
         source="test", observed_at=OBSERVED_AT, max_bytes=20_000))
-    assert all(b'"truncated"' in record.value for record in records[-2:])
+    assert all(b'"truncated"' in record.value for record in records[-3:])
     return records
+
+
+def tombstone() -> OutboundRecord:
+    """The state-topic tombstone of a vanished task."""
+    [event] = diff.vanished(stored(BEFORE), observed_at=OBSERVED_AT).events
+    assert isinstance(event, events.TaskVanished)
+    return events.state_tombstone(event, source="test")
 
 
 class TestCheckedIn:
@@ -92,7 +101,7 @@ class TestJsonSchemas:
         """Every record's headers validate against the AsyncAPI CloudEvents header schema."""
         doc = yaml.safe_load((schemas.HERE / schemas.ASYNCAPI_FILE).read_text(encoding="utf-8"))
         header_schema = doc["components"]["schemas"]["CloudEventHeaders"]
-        for record in sample_records():
+        for record in [*sample_records(), tombstone()]:
             headers = {key: value.decode() for key, value in record.headers}
             jsonschema.Draft202012Validator(header_schema).validate(headers)
 
@@ -104,11 +113,13 @@ class TestAsyncApi:
         return loaded
 
     def test_topics(self) -> None:
-        """The document describes the three topics with their prefixed addresses."""
+        """The document describes the four topics with their prefixed addresses."""
         doc = self.document()
         assert doc["asyncapi"] == "3.0.0"
         addresses = {channel["address"] for channel in doc["channels"].values()}
-        assert addresses == {"{prefix}.tasks", "{prefix}.task-types", "{prefix}.poller.dead-letter"}
+        assert addresses == {"{prefix}.tasks", "{prefix}.tasks.state", "{prefix}.task-types",
+                             "{prefix}.poller.dead-letter"}
+        assert set(doc["channels"]["state"]["messages"]) == {"TaskState"}
         assert doc["components"]["parameters"]["prefix"]["default"] == "waiqin365"
         assert set(doc["channels"]["tasks"]["messages"]) == {
             model.__name__ for model in events.TASK_EVENTS
@@ -132,6 +143,20 @@ class TestAsyncApi:
             base, own, *_ = message["headers"]["allOf"]
             assert base == {"$ref": "#/components/schemas/CloudEventHeaders"}
             assert own["properties"]["ce_type"] == {"const": name}
+
+
+    def test_state_payload_admits_tombstones(self) -> None:
+        """The state message's payload accepts a state record's value and a tombstone's null."""
+        doc = self.document()
+        payload = doc["components"]["messages"]["TaskState"]["payload"]
+        task_state = orjson.loads((schemas.HERE / "TaskState.json").read_bytes())
+        resolved = {"oneOf": [task_state if "$ref" in option else option
+                              for option in payload["oneOf"]]}
+        [_, *_, state] = [r for r in sample_records() if r.topic == "state"]
+        jsonschema.Draft202012Validator(resolved).validate(orjson.loads(state.value))
+        jsonschema.Draft202012Validator(resolved).validate(tombstone().value)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.Draft202012Validator(resolved).validate({"task_status": 1})
 
 
 def _refs(node: Any) -> list[str]:

@@ -18,9 +18,10 @@ HERE = Path(__file__).parent
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ASYNCAPI_FILE = "asyncapi.yaml"
 
-# Every published payload: the task events, the task-type event and the dead letter.
+# Every published payload: the task events, the current state, the task-type event and the
+# dead letter.
 PAYLOADS: tuple[type[BaseModel], ...] = (
-    *events.TASK_EVENTS, events.TaskTypeChanged, events.DeadLetter,
+    *events.TASK_EVENTS, events.TaskState, events.TaskTypeChanged, events.DeadLetter,
 )
 
 
@@ -48,9 +49,14 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def asyncapi() -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of the three topics (docs/design.md §4)."""
+    """The AsyncAPI 3.0 document of the four topics (docs/design.md §4)."""
     task_names = [model.__name__ for model in events.TASK_EVENTS]
     messages = {name: _message(name, "task_id") for name in task_names}
+    state = events.STATE_TYPE
+    messages[state] = _message(state, "task_id", payload={"oneOf": [
+        {"$ref": f"./{state}.json"},
+        {"type": "null", "description": "A tombstone: the task vanished (docs/design.md §3.1)."},
+    ]})
     messages["TaskTypeChanged"] = _message("TaskTypeChanged", "type_id", sequence=False)
     messages["DeadLetter"] = _message("DeadLetter", "the task_id when readable, else empty",
                                       sequence=False)
@@ -75,6 +81,11 @@ def asyncapi() -> dict[str, Any]:
             "tasks": _channel("{prefix}.tasks", "Every task event; key = task_id, so all "
                               "events of a task share a partition and keep their order.",
                               task_names),
+            "state": _channel("{prefix}.tasks.state", "The current state of every task, "
+                              "compacted: key = task_id, the value of the last record of a key is "
+                              "the task as last observed, with its version in ce_sequence; a null "
+                              "value (tombstone) once the task vanished. Read from the beginning "
+                              "to bootstrap, then follow {prefix}.tasks.", [state]),
             "taskTypes": _channel("{prefix}.task-types", "Task type definitions that changed; "
                                   "key = type_id.", ["TaskTypeChanged"]),
             "deadLetter": _channel("{prefix}.poller.dead-letter", "Records that could not be "
@@ -82,6 +93,7 @@ def asyncapi() -> dict[str, Any]:
         },
         "operations": {
             "publishTaskEvents": _operation("tasks", task_names),
+            "publishTaskStates": _operation("state", [state]),
             "publishTaskTypeEvents": _operation("taskTypes", ["TaskTypeChanged"]),
             "publishDeadLetters": _operation("deadLetter", ["DeadLetter"]),
         },
@@ -115,7 +127,8 @@ def _operation(channel: str, names: list[str]) -> dict[str, Any]:
     }
 
 
-def _message(name: str, key: str, *, sequence: bool = True) -> dict[str, Any]:
+def _message(name: str, key: str, *, sequence: bool = True,
+             payload: dict[str, Any] | None = None) -> dict[str, Any]:
     model = next(model for model in PAYLOADS if model.__name__ == name)
     headers: dict[str, Any] = {
         "allOf": [
@@ -131,7 +144,7 @@ def _message(name: str, key: str, *, sequence: bool = True) -> dict[str, Any]:
         "summary": (model.__doc__ or name).strip().splitlines()[0],
         "contentType": "application/json",
         "headers": headers,
-        "payload": {"$ref": f"./{name}.json"},
+        "payload": payload or {"$ref": f"./{name}.json"},
         "bindings": {
             "kafka": {
                 "key": {"type": "string", "description": f"Message key: {key} (UTF-8)."},
@@ -162,7 +175,7 @@ def _headers_schema() -> dict[str, Any]:
             "ce_partitionkey": {**text, "description": "Equal to the message key."},
             "ce_sequence": {**text, "pattern": "^[0-9]+$", "description": (
                 "The task's version as a decimal string: +1 per observation that produced "
-                "events; a gap means missed events. Task events only.")},
+                "events; a gap means missed events. Task events and state records only.")},
             "content-type": {"const": "application/json"},
         },
     }
