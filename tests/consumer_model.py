@@ -79,16 +79,21 @@ class ConsumerModel:
         problems = []
         for task_id, raw in truth.items():
             view = self.tasks.get(task_id)
-            expected = _comparable(normalise.to_task(normalise.task(raw).document).model_dump(mode="json"))
             if view is None:
                 problems.append(f"task {task_id}: never told")
-            elif _comparable(view.task) != expected:
+            elif comparable(view.task) != expected(raw):
                 problems.append(f"task {task_id}: consumer has seq {view.sequence} {view.task}, "
-                                f"API has {expected}")
+                                f"API has {expected(raw)}")
         return problems
 
 
-def _comparable(task: dict[str, Any]) -> dict[str, Any]:
+def expected(raw: dict[str, Any]) -> dict[str, Any]:
+    """What a consumer should end with for a raw API record, comparable()."""
+    return comparable(normalise.to_task(normalise.task(raw).document).model_dump(mode="json"))
+
+
+def comparable(task: dict[str, Any]) -> dict[str, Any]:
+    """A task (an event's `task`) without what is no event by itself."""
     model = Task.model_validate(task).model_dump(mode="json")
     for key in diff.SILENT_FIELDS:
         model.pop(key, None)
