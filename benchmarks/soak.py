@@ -79,6 +79,8 @@ class Report:
     reverts: int = 0
     mutated_tasks: int = 0
     verdict: Verdict = field(default_factory=Verdict)
+    grace_exceeded: int = 0  # SIGTERMs whose in-flight cycle outlived the shutdown grace
+    along_the_way: list[str] = field(default_factory=list)  # e.g. a SIGTERM that did not exit 0
 
     @property
     def lost(self) -> int:
@@ -92,17 +94,17 @@ class Report:
     def problems(self) -> list[str]:
         """Everything that is wrong, lost and contradictions included."""
         v = self.verdict
-        return v.lost + v.contradictions + v.state_wrong + v.problems
+        return v.lost + v.contradictions + v.state_wrong + v.problems + self.along_the_way
 
     def line(self) -> str:
         v = self.verdict
         return (f"store={self.store} cycles={self.cycles} kills={self.kills} (SIGKILL "
-                f"{self.kills - self.terms}, SIGTERM {self.terms}) broker_outages={self.outages} "
-                f"store_outages={self.store_outages} api_faults={self.faults} mutations={self.mutations} "
-                f"reverts={self.reverts} mutated_tasks={self.mutated_tasks} events={v.events} "
-                f"duplicates={v.duplicates} state_records={v.state_records} dead_letters={v.dead_letters} "
-                f"lost={self.lost} contradictions={self.contradictions} state_wrong={len(v.state_wrong)} "
-                f"problems={len(self.problems)}")
+                f"{self.kills - self.terms}, SIGTERM {self.terms}, grace exceeded {self.grace_exceeded}) "
+                f"broker_outages={self.outages} store_outages={self.store_outages} api_faults={self.faults} "
+                f"mutations={self.mutations} reverts={self.reverts} mutated_tasks={self.mutated_tasks} "
+                f"events={v.events} duplicates={v.duplicates} state_records={v.state_records} "
+                f"dead_letters={v.dead_letters} lost={self.lost} contradictions={self.contradictions} "
+                f"state_wrong={len(v.state_wrong)} problems={len(self.problems)}")
 
 
 def schedule(rng: random.Random, options: Options) -> list[str]:
@@ -149,12 +151,16 @@ class Soak:
     async def churn(self) -> None:
         await self.sim.start_churn(self.options.churn_per_s, self.mix)
 
-    def restart_daemon(self) -> None:
+    async def restart_daemon(self) -> None:
         assert self.daemon is not None
         if self.rng.random() < 0.5:
             self.daemon.kill()
         else:
-            self.daemon.terminate()
+            # In a thread: the simulator shares this event loop and must answer the daemon's
+            # in-flight request, or the daemon's graceful stop waits out its grace period.
+            code = await asyncio.to_thread(self.daemon.terminate)
+            if code != 0:
+                self.report.along_the_way.append(f"the daemon exited {code} on SIGTERM")
             self.report.terms += 1
         self.report.kills += 1
         self._last_metric = 0.0  # the new process counts from zero
@@ -198,7 +204,7 @@ class Soak:
 
     async def step(self, kind: str) -> None:
         if kind == "kill":
-            self.restart_daemon()
+            await self.restart_daemon()
         elif kind == "broker":
             await self.broker_outage()
         elif kind == "store":
@@ -220,7 +226,7 @@ class Soak:
         finally:
             await self.collector.stop()
             if self.daemon is not None:
-                self.daemon.__exit__()
+                await asyncio.to_thread(self.daemon.__exit__)
             self.broker.stop()
             await self.sim.stop()
             await self.store.drop()
@@ -251,6 +257,7 @@ class Soak:
         self.report.mutations = len(ledger)
         self.report.reverts = sum(1 for e in ledger if e["kind"] == "revert")
         self.report.mutated_tasks = len(self._truth().finals)
+        self.report.grace_exceeded = self.daemon.log().count('"event":"shutdown_grace_exceeded"') if self.daemon else 0
 
     async def _settled(self) -> bool:
         await self.collector.sweep()
