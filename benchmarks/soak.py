@@ -318,6 +318,8 @@ def main() -> None:
     options = dataclasses.replace(
         defaults, cycles=args.cycles, kills=args.kills, outages=args.outages, store_outages=args.store_outages,
         store=args.store, interval=args.interval, seed=args.seed, churn_per_s=args.churn, revert=args.revert)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     report = asyncio.run(soak(options, args.work))
     print(report.line() + f" duration={time.monotonic() - started:.0f}s")
