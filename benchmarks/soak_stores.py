@@ -119,5 +119,9 @@ def store_for(kind: str, work: Path) -> SoakStore:
 
 
 def _chattr(flag: str, *paths: Path) -> None:
-    if paths:
-        subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+    if not paths:
+        return
+    done = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"chattr {flag} failed ({done.stderr.strip()}): an SQLite store outage needs root "
+                           "and a file system with the immutable attribute")
