@@ -64,8 +64,12 @@ def state_wrong(model: ConsumerModel, states: Sequence[Any]) -> list[str]:
     ce_sequence, of their newest event; a task with events but no state record, or the reverse."""
     newest: dict[str, tuple[int, dict[str, Any]]] = {}
     for record in states:
+        task_id = record.key.decode()
+        if record.value is None:  # a tombstone: the task is gone from the compacted topic
+            newest.pop(task_id, None)
+            continue
         headers = {name: value.decode() for name, value in record.headers}
-        newest[headers["ce_subject"]] = (int(headers["ce_sequence"]), _full(orjson.loads(record.value)))
+        newest[task_id] = (int(headers["ce_sequence"]), _full(orjson.loads(record.value)))
     problems = [f"state record for {task_id} which has no event" for task_id in newest.keys() - model.tasks.keys()]
     for task_id, view in model.tasks.items():
         if task_id not in newest:

@@ -71,10 +71,13 @@ class TestJudge:
         assert len(verdict.contradictions) == 2
 
     def test_a_stale_or_missing_state_record_is_wrong(self) -> None:
-        """The newest state record must be the newest event's task; a task with events needs one."""
+        """The newest state record must be the newest event's task; a task with events needs one
+        (a tombstone removes it)."""
         events = [event("e2", 2, B), event("e3", 3, C)]
         assert len(judge(events, [state(3, C), state(2, B)], [], TRUTH).state_wrong) == 1
         assert len(judge(events, [], [], TRUTH).state_wrong) == 1
+        tombstone = OutboundRecord("state", b"t1", None, _headers("s-4", "t1", 4))
+        assert len(judge(events, [state(3, C), tombstone], [], TRUTH).state_wrong) == 1
 
     def test_noise_and_unexpected_dead_letters_are_problems(self) -> None:
         """An event for a task never mutated, a dead letter never injected, an injected record
