@@ -50,9 +50,9 @@ class Source:
             # Through bytes and back, as records arrive from the API.
             page.append(orjson.loads(orjson.dumps(raw)))
             if len(page) == PAGE:
-                yield Page(window, number, page)
+                yield Page(window, number, page, is_last=True)
                 page, number = [], number + 1
-        yield Page(window, number, page)
+        yield Page(window, number, page, is_last=True)
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
         return []

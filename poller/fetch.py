@@ -73,11 +73,16 @@ JSON_CONTENT_TYPE: Final = "application/json;charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One queryTask page: records exactly as decoded from the response, possibly malformed."""
+    """One queryTask page: records exactly as decoded from the response, possibly malformed.
+
+    `is_last` says the page was shorter than the rows asked for: the scan's end (the API gives
+    no total count).
+    """
 
     window: Window
     number: int
     records: list[Any]
+    is_last: bool = False
 
 
 class WaiqinClient:
@@ -186,7 +191,7 @@ class WaiqinClient:
                     previous = ids
                     if last is None or number < last:
                         ahead = self._request_page(window, number + 1, rows)
-                yield Page(window, number, records)
+                yield Page(window, number, records, is_last=not full)
                 if not full or number == last:
                     return
                 number += 1

@@ -59,11 +59,11 @@ class ScanStats:
     def is_drift_free(self) -> bool:
         return self.repeats == 0
 
-    def add(self, counts: plan.PageCounts, *, rows: int) -> None:
+    def add(self, counts: plan.PageCounts, *, is_last: bool) -> None:
         """Count one more page."""
         self.pages += 1
         self.tasks += counts.records
-        self.full_pages += counts.records >= rows
+        self.full_pages += not is_last
         self.repeats += counts.repeats
         self.unchanged += counts.unchanged
         self.changed += counts.changed
@@ -159,8 +159,8 @@ class PageReader:
                 finally:
                     structlog.contextvars.unbind_contextvars(
                         "page", "modify_date_from", "modify_date_to")
-                read.stats.add(counts, rows=self.rows)
-                read.is_complete = len(page.records) < self.rows
+                read.stats.add(counts, is_last=page.is_last)
+                read.is_complete = page.is_last
                 if on_page is not None:
                     on_page(page, read.stats)
 

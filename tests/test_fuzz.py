@@ -123,7 +123,7 @@ class _Pages:
     async def iter_pages(self, window: Window, *, split_days: int | None = None, start_page: int = 1,
                          max_pages: int | None = None) -> AsyncIterator[Page]:
         for number, records in enumerate(self._pages, start=1):
-            yield Page(window, number, records)
+            yield Page(window, number, records, is_last=number == len(self._pages))
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
         return []

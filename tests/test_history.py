@@ -221,7 +221,7 @@ class _Repeating:
         last = len(pages) if max_pages is None else min(len(pages), start_page + max_pages - 1)
         for number in range(start_page, last + 1):
             self.requests["queryTask"] += 1
-            yield Page(window, number, pages[number - 1])
+            yield Page(window, number, pages[number - 1], is_last=number == len(pages))
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
         return []

@@ -42,7 +42,9 @@ MIGRATION_KEY = _advisory_key(b"waiqin-poller/migrations")  # serialises replica
 # failure or deadlock (40), insufficient resources (53), operator intervention such as admin
 # shutdown (57), system error (58); plus lock_not_available.
 RETRIABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-RETRIABLE_SQLSTATES = frozenset({"55P03"})
+# lock_not_available; and object_not_in_prerequisite_state, which is what a database answers
+# while it refuses connections (ALLOW_CONNECTIONS false, during maintenance): an outage.
+RETRIABLE_SQLSTATES = frozenset({"55P03", "55000"})
 DRIVER_ERRORS = (
     OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
     # e.g. "another operation is in progress" when the server killed the session mid-query

@@ -14,7 +14,7 @@ from poller.errors import StoreConflict, StoreError, StoreUnavailable
 from poller.store import postgres, sqlite
 from poller.store.postgres import PostgresStore
 from poller.store.sqlite import SqliteStore
-from tests.fixtures.postgres import pg_execute
+from tests.fixtures.postgres import ADMIN_URL, pg_execute
 from tests.store.conftest import led, snap, write
 
 PG_CASES = [
@@ -31,6 +31,8 @@ PG_CASES = [
                  id="too-many"),
     pytest.param(asyncpg.exceptions.LockNotAvailableError("nowait"), StoreUnavailable,
                  id="lock-not-available"),
+    pytest.param(asyncpg.exceptions.ObjectNotInPrerequisiteStateError("not accepting connections"),
+                 StoreUnavailable, id="database-refusing-connections"),
     pytest.param(asyncpg.exceptions.InterfaceError("connection is closed"), StoreUnavailable,
                  id="closed"),
     pytest.param(asyncpg.exceptions.InternalClientError("state"), StoreUnavailable,
@@ -111,3 +113,15 @@ class TestRealFailures:
             lease = await led(store)
             await write(store, lease, [snap("t1")])
             await lease.release()
+
+    async def test_postgres_database_refusing_connections(self, pg_url: str) -> None:
+        """A database that refuses connections (maintenance) is an outage, StoreUnavailable."""
+        name = pg_url.rsplit("/", 1)[1]
+        await pg_execute(ADMIN_URL, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            store = PostgresStore(pg_url)
+            with pytest.raises(StoreUnavailable, match="55000"):
+                await store.start()
+            await store.stop()
+        finally:
+            await pg_execute(ADMIN_URL, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
