@@ -57,3 +57,30 @@ class TestStartup:
             await asyncio.wait_for(daemon, 30)
             broker.stop()
         assert await status(port, "/healthz") == 0, "the health server stops last"
+
+    async def test_waits_out_a_store_that_refuses_at_start(
+            self, make_simulator: object, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """A store that refuses at start (not a database: a refusal, not an outage) is retried
+        with backoff while probes answer, not a crash loop; once it is fixed the daemon runs."""
+        sim: Simulator = await make_simulator(tasks=10, days=2)  # type: ignore[operator]
+        db = tmp_path / "state.db"
+        db.write_bytes(b"this is not an SQLite database" * 100)
+        port = free_port()
+        settings = Settings.load({
+            "WAIQIN_BASE_URL": sim.base_url, "WAIQIN_OPENID": OPENID, "WAIQIN_APPKEY": APPKEY,
+            "KAFKA_BOOTSTRAP_SERVERS": running_kafka_broker.bootstrap,
+            "KAFKA_ENABLE_IDEMPOTENCE": "false", "POLLER_STORE_URL": f"sqlite:///{db}",
+            "POLLER_POLL_INTERVAL": "0.2", "POLLER_HTTP_PORT": str(port),
+            "POLLER_MAX_BACKOFF_SECONDS": "1", "POLLER_TOPIC_PREFIX": "refusing",
+        })
+        stop = asyncio.Event()
+        daemon = asyncio.create_task(app.run(settings, stop=stop, handle_signals=False))
+        try:
+            await until_status(port, "/healthz", 200)
+            await until_status(port, "/readyz", 503)
+            assert not daemon.done(), "a refusing store must not end the daemon"
+            db.unlink()  # the operator restores the volume
+            await until_status(port, "/readyz", 200)
+        finally:
+            stop.set()
+            await asyncio.wait_for(daemon, 30)
