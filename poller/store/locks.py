@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -14,6 +16,75 @@ from poller.errors import LeadershipLost, StoreUnavailable
 log = structlog.get_logger(__name__)
 
 POLL_INTERVAL_S = 0.5  # how often a waiting poller retries the lock
+# Linux lists every lock of the system here: who holds ours can be read without taking it.
+PROC_LOCKS = Path("/proc/locks")
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a store's leader lock, as far as an onlooker can tell (for `status`)."""
+
+    pid: int | None  # SQLite: the poller's process id; PostgreSQL: the lock session's backend pid
+    where: str  # the lock file, or the lock session's client address and application name
+    since: datetime | None = None  # when the lock session started (PostgreSQL only)
+
+
+def file_lock_holder(path: Path, *, proc_locks: Path = PROC_LOCKS) -> Holder | None:
+    """The holder of the flock on `path` (None: nobody holds it), without taking the lock.
+
+    On Linux the kernel's lock table says whether the file is locked; elsewhere a shared lock
+    is tried and dropped at once (a daemon starting in that instant retries half a second
+    later). The pid is the one the holder wrote into the file.
+    """
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot read the leader lock file {path}: {exc}") from exc
+    try:
+        table = proc_locks.read_text()
+    except OSError:
+        held = _is_locked_probe(path)
+    else:
+        held = _is_listed(table, stat)
+    if not held:
+        return None
+    return Holder(pid=_written_pid(path), where=f"lock file {path}")
+
+
+def _is_listed(table: str, stat: os.stat_result) -> bool:
+    # A line reads "1: FLOCK  ADVISORY  WRITE 18056 fe:00:2220979 0 EOF" (device in hex).
+    file_id = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter queued behind a lock, not a holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[5] == file_id:
+            return True
+    return False
+
+
+def _is_locked_probe(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot read the leader lock file {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock if it was granted
+    return False
+
+
+def _written_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class FileLeadership:

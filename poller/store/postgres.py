@@ -24,6 +24,7 @@ from poller.models import (
     TypeSnapshot,
 )
 from poller.store.base import Leadership
+from poller.store.locks import Holder
 from poller.store.migrations import VERSION_TABLE, pending
 from poller.store.rows import as_beijing, describe_url, last_wins, outbox_entry, outbox_row
 
@@ -113,6 +114,14 @@ _LOCK_HELD = (
 # The same question asked from a pooled connection inside a page's transaction: is the lock
 # still held by our lock session? This fences the commit itself, not only the moment before.
 _LOCK_HELD_BY = _LOCK_HELD.replace("pid = pg_backend_pid()", "pid = $3")
+# Who holds the leader lock of this database (advisory locks are per database), for `status`.
+_LOCK_HOLDER = (
+    "SELECT l.pid, a.client_addr::text AS client_addr, a.client_port, a.application_name,"
+    " a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND l.classid::bigint = $1 AND l.objid::bigint = $2"
+)
 
 
 def map_error(exc: BaseException, where: str) -> StoreError:
@@ -397,6 +406,23 @@ class PostgresStore:
         """How many tasks the store holds: a trigger-maintained counter, not a scan."""
         async with self._connection() as conn:
             return int(await conn.fetchval("SELECT value FROM counters WHERE name = 'tasks'"))
+
+    async def leader(self) -> Holder | None:
+        """The session holding the leader lock (None: no poller leads), read from pg_locks.
+
+        Only looks: no lock is taken. The pid is the server backend's (what
+        pg_terminate_backend takes); the client address says which host leads.
+        """
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_LOCK_HOLDER, LEADER_KEY >> 32, LEADER_KEY & 0xFFFF_FFFF)
+        if row is None:
+            return None
+        client = row["client_addr"] or "local socket"
+        if row["client_port"] is not None and row["client_addr"]:
+            client = f"{client.split('/')[0]}:{row['client_port']}"
+        application = f" ({row['application_name']})" if row["application_name"] else ""
+        return Holder(pid=int(row["pid"]), where=f"session from {client}{application}",
+                      since=as_beijing(row["backend_start"]))
 
     async def schema_version(self) -> int:
         """The schema version recorded in the database (LATEST_VERSION after start)."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from poller.errors import LeadershipLost
 from poller.store.base import Leadership
-from poller.store.postgres import LEADER_KEY
+from poller.store.locks import file_lock_holder
+from poller.store.postgres import LEADER_KEY, PostgresStore
 from poller.store.sqlite import path_from_url
-from tests.fixtures.postgres import pg_execute
+from tests.fixtures.postgres import ADMIN_URL, pg_execute
+from tests.integration.harness import eventually
 from tests.store.conftest import make_store, record, snap, write
 
 TAKEOVER_S = 5.0  # the promise: another replica leads within seconds
@@ -214,3 +217,96 @@ class TestFileLock:
             assert (await asyncio.to_thread(lock_file.read_text)).strip() == str(os.getpid())
         finally:
             await lead.release()
+
+
+class TestHolder:
+    async def test_file_lock_holder_is_the_leading_process(
+            self, tmp_path: Path, holder_of: HolderFactory) -> None:
+        """The lock file's holder is seen without taking the lock: the pid of the process that
+        leads, and nobody once it is killed (with the stale pid still in the file)."""
+        url = f"sqlite:///{tmp_path}/poller.db"
+        lock_file = Path(f"{path_from_url(url)}.lock")
+        assert file_lock_holder(lock_file) is None  # no file yet
+        proc = await holder_of(url)
+        seen = file_lock_holder(lock_file)
+        assert seen is not None and seen.pid == proc.pid and str(lock_file) in seen.where
+        ours = leader(url)
+        assert not await ours.acquire(await stopped_after(0.6)), "looking took the lock"
+        proc.kill()
+        await proc.wait()
+        assert file_lock_holder(lock_file) is None
+        assert (await asyncio.to_thread(lock_file.read_text)).strip() == str(proc.pid)
+
+    async def test_without_a_lock_table_a_shared_probe_decides(
+            self, tmp_path: Path, holder_of: HolderFactory) -> None:
+        """Where the kernel lists no locks (not Linux), a shared lock tried and dropped tells."""
+        url = f"sqlite:///{tmp_path}/poller.db"
+        lock_file = Path(f"{path_from_url(url)}.lock")
+        no_table = tmp_path / "no-proc-locks"
+        proc = await holder_of(url)
+        seen = file_lock_holder(lock_file, proc_locks=no_table)
+        assert seen is not None and seen.pid == proc.pid
+        proc.kill()
+        await proc.wait()
+        assert file_lock_holder(lock_file, proc_locks=no_table) is None
+        ours = leader(url)
+        try:
+            assert await ours.acquire(asyncio.Event()), "the probe left a lock behind"
+        finally:
+            await ours.release()
+
+    async def test_advisory_lock_holder_is_the_leading_session(
+            self, pg_url: str, holder_of: HolderFactory) -> None:
+        """pg_locks names the leading session of this database only: its backend pid, client
+        and application, and nobody once the leader is killed."""
+        store = PostgresStore(pg_url)
+        await store.start()
+        elsewhere = await asyncpg.connect(ADMIN_URL, timeout=10)  # another database, same server
+        try:
+            await elsewhere.execute("SELECT pg_advisory_lock($1)", LEADER_KEY)
+            assert await store.leader() is None
+            proc = await holder_of(pg_url)
+            seen = await store.leader()
+            assert seen is not None
+            assert seen.pid == await advisory_holder_pid(pg_url)
+            assert "waiqin-poller-leader" in seen.where and "127.0.0.1:" in seen.where
+            assert seen.since is not None
+            proc.kill()
+            await proc.wait()
+            # The server ends a killed client's session, and its lock, within seconds.
+            await eventually(lambda: _is_none(store.leader()), timeout_s=TAKEOVER_S,
+                             what="the killed leader's lock to go")
+        finally:
+            await elsewhere.close()
+            await store.stop()
+
+
+HolderFactory = Callable[[str], Awaitable[asyncio.subprocess.Process]]
+
+
+@pytest.fixture
+async def holder_of() -> AsyncIterator[HolderFactory]:
+    """Factory: another process holding the lock of a store URL; killed at the end."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def make(url: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLDER, url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        started.append(proc)
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            while (line := await proc.stdout.readline()) and line.strip() != b"LEADER":
+                pass
+        assert line.strip() == b"LEADER", "the holder process exited before leading"
+        return proc
+
+    yield make
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def _is_none(value: Awaitable[object]) -> bool:
+    return await value is None
