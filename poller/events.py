@@ -24,8 +24,8 @@ from poller import truncate
 from poller.config import DEFAULT_MAX_MESSAGE_BYTES
 from poller.errors import NormaliseError
 from poller.metrics import EVENTS_TRUNCATED
-from poller.models import BEIJING, Feedback, OutboundRecord, Receiver, Task, TaskType
-from poller.normalise import fingerprint
+from poller.models import BEIJING, Feedback, OutboundRecord, Receiver, Snapshot, Task, TaskType
+from poller.normalise import fingerprint, to_task
 
 SPEC_VERSION = "1.0"  # CloudEvents specification version (ce_specversion)
 CONTENT_TYPE = b"application/json"  # binary content mode: the value is the bare JSON payload
@@ -264,6 +264,7 @@ def encode(
 
 
 STATE_TYPE = "TaskState"  # ce_type of the current-state topic's records
+NO_TIME = datetime(1970, 1, 1, 8, tzinfo=BEIJING)  # the Unix epoch, for a task without modify_time
 
 
 def state_record(event: TaskEvent, *, source: str, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -272,17 +273,36 @@ def state_record(event: TaskEvent, *, source: str, max_bytes: int = DEFAULT_MAX_
     key task_id, value the full task after the change (the same object as the event's `task`),
     `ce_type=TaskState` and the observation's ce_sequence."""
     happened = _rfc3339(event.modify_time) if event.modify_time else _rfc3339(event.observed_at)
-    key = event.task_id.encode()
-    headers = _headers(event_id(event.task_id, STATE_TYPE, event.sequence, ""), source, STATE_TYPE,
-                       event.task_id, happened, _rfc3339(event.observed_at), sequence=event.sequence)
+    return _state(event.task, event.sequence, happened, _rfc3339(event.observed_at),
+                  source=source, max_bytes=max_bytes)
+
+
+def state_record_of(snapshot: Snapshot, *, source: str,
+                    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> OutboundRecord:
+    """The current-state record of a stored task, as `waiqin-poller snapshot` re-publishes it.
+
+    Key, ce_id, ce_sequence and value are those of the state record the daemon wrote for the
+    snapshot's version; both ce_time and ce_recordedtime are the task's modify_time (the epoch
+    when it has none), so publishing the same store twice gives identical records.
+    """
+    happened = _rfc3339(snapshot.modify_time or NO_TIME)
+    return _state(to_task(snapshot.document), snapshot.version, happened, happened,
+                  source=source, max_bytes=max_bytes)
+
+
+def _state(task: Task, sequence: int, happened: str, recorded: str, *, source: str,
+           max_bytes: int) -> OutboundRecord:
+    key = task.task_id.encode()
+    headers = _headers(event_id(task.task_id, STATE_TYPE, sequence, ""), source, STATE_TYPE,
+                       task.task_id, happened, recorded, sequence=sequence)
     room = max_bytes - _framing(key, headers)
-    value = event.task.__pydantic_serializer__.to_json(event.task)
+    value = task.__pydantic_serializer__.to_json(task)
     if len(value) > room or truncate.too_deep(value):
         try:
             value = truncate.fit(orjson.loads(value), room).body
         except truncate.DoesNotFitError as exc:
-            raise NormaliseError(f"the state of {event.task_id} exceeds KAFKA_MAX_MESSAGE_BYTES="
-                                 f"{max_bytes} even cut: {exc}", task_id=event.task_id,
+            raise NormaliseError(f"the state of {task.task_id} exceeds KAFKA_MAX_MESSAGE_BYTES="
+                                 f"{max_bytes} even cut: {exc}", task_id=task.task_id,
                                  kind="too_large") from exc
         EVENTS_TRUNCATED.labels(type=STATE_TYPE).inc()
     return OutboundRecord(topic="state", key=key, value=value, headers=headers)

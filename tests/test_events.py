@@ -278,6 +278,49 @@ class TestDeadLetter:
         assert one != dict(self.record({"task_id": "1", "x": 2}).headers)["ce_id"]
 
 
+class TestStateRecordOf:
+    def stored(self, raw: dict[str, Any] = VENDOR_RECORD) -> tuple[events.TaskEvent, Snapshot]:
+        """A new task's first event and the snapshot the daemon stored for that observation."""
+        current = normalise.task(raw)
+        observation = diff.observe(None, current, observed_at=OBSERVED_AT)
+        snapshot = observation.snapshot(current)
+        assert snapshot is not None
+        return observation.events[0], snapshot
+
+    def test_same_record_as_the_daemon_wrote_for_that_version(self) -> None:
+        """Key, value, ce_id, ce_sequence and ce_time equal the daemon's state record; only
+        ce_recordedtime differs (the modify_time instead of when the daemon saw the change)."""
+        event, snapshot = self.stored()
+        daemon = events.state_record(event, source=SOURCE)
+        again = events.state_record_of(snapshot, source=SOURCE)
+        assert (again.topic, again.key, again.value) == (daemon.topic, daemon.key, daemon.value)
+        ours, theirs = dict(again.headers), dict(daemon.headers)
+        assert ours.pop("ce_recordedtime") == theirs["ce_time"] == b"2020-12-09T15:02:00+08:00"
+        theirs.pop("ce_recordedtime")
+        assert ours == theirs and ours["ce_sequence"] == b"1"
+        assert [name for name, _ in again.headers] == [name for name, _ in daemon.headers]
+
+    def test_identical_every_time(self) -> None:
+        """The record depends on the snapshot alone: two runs publish the same bytes."""
+        _, snapshot = self.stored()
+        assert events.state_record_of(snapshot, source=SOURCE) == events.state_record_of(
+            snapshot, source=SOURCE)
+
+    def test_without_modify_time_the_epoch(self) -> None:
+        """A task without modify_time gets the epoch as both times, never the clock."""
+        raw = {k: v for k, v in VENDOR_RECORD.items() if k != "modify_time"}
+        _, snapshot = self.stored(raw)
+        headers = dict(events.state_record_of(snapshot, source=SOURCE).headers)
+        assert headers["ce_time"] == headers["ce_recordedtime"] == b"1970-01-01T08:00:00+08:00"
+
+    def test_too_large_is_cut_like_the_daemons(self) -> None:
+        """A task larger than the budget is cut exactly as the daemon cut its state record."""
+        event, snapshot = self.stored(long_feedback_task())
+        daemon = events.state_record(event, source=SOURCE, max_bytes=200_000)
+        again = events.state_record_of(snapshot, source=SOURCE, max_bytes=200_000)
+        assert again.value == daemon.value and events.record_size(again) <= 200_000
+
+
 class TestRoundTrip:
     @settings(deadline=None)  # wall-clock limits flake on a busy CI runner
     @given(raw_tasks(), st.data())
