@@ -95,10 +95,16 @@ def check() -> None:
               help="First modify date (yyyy-MM-dd, Beijing).")
 @click.option("--to", type=click.DateTime(["%Y-%m-%d"]), required=True,
               help="Last modify date (yyyy-MM-dd, Beijing), inclusive.")
-@click.option("--days-per-request", default=1, show_default=True,
-              help="Split the range into sub-windows of this many days.")
-def backfill(from_: Any, to: Any, days_per_request: int) -> None:
-    """Re-poll a past range through the same pipeline; emits only real changes."""
+@click.option("--days-per-request", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Split the range into sub-windows of this many days (when no daemon runs).")
+@click.option("--detach", is_flag=True,
+              help="Record the request for the daemon, print its id and return at once.")
+def backfill(from_: Any, to: Any, days_per_request: int, detach: bool) -> None:
+    """Re-poll a past range through the same pipeline; emits only real changes.
+
+    With a daemon holding the store, the daemon runs it (this command follows its progress);
+    with none, this command runs it.
+    """
     from poller.commands import backfill as backfill_
 
     start: date = from_.date()
@@ -106,7 +112,21 @@ def backfill(from_: Any, to: Any, days_per_request: int) -> None:
     if end < start:
         raise click.BadParameter("--to is before --from")
     settings, redactor = load_settings(human=True)
-    _run(backfill_.run(settings, start, end, days_per_request=days_per_request), redactor, settings)
+    _run(backfill_.run(settings, start, end, days_per_request=days_per_request, detach=detach),
+         redactor, settings)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON for scripts (stable keys, see docs/operations.md).")
+def status(as_json: bool) -> None:
+    """What the store says: leader, window, first run, sweep, backfills, outbox, requests."""
+    from poller.commands import status as status_
+
+    # Reads the store only; its settings come from the same environment as the daemon's.
+    settings, redactor = load_settings(human=True, placeholders=NO_API_CREDENTIALS,
+                                       defaults={"LOG_LEVEL": "WARNING"})
+    _run(status_.run(settings, as_json=as_json), redactor, settings)
 
 
 def _known_types(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:

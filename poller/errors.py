@@ -12,6 +12,7 @@
     │   └── PublishRejected      fatal       too large, unauthorised topic
     ├── StoreError
     │   ├── StoreUnavailable     retriable
+    │   ├── StoreNotFound        fatal       a command pointed at a store no poller ever wrote
     │   └── StoreConflict        fatal       unreadable state, a schema newer than this release
     │       └── LeadershipLost   fatal       the HA lock is gone: stop, back off, acquire again
     ├── ServeError               startup     the HTTP port cannot be bound (taken, not allowed)
@@ -109,6 +110,10 @@ class StoreUnavailable(StoreError):
     """The database is unreachable or busy."""
 
     retriable = True
+
+
+class StoreNotFound(StoreError):
+    """Nothing is stored where POLLER_STORE_URL points: no poller ever ran with it."""
 
 
 class StoreConflict(StoreError):

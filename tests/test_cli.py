@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pty
 import re
 import signal
 import socket
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from poller.localbroker import accepts, free_port
@@ -22,7 +25,7 @@ from poller.models import beijing_now
 from poller.simulator import Simulator
 from tests.fixtures.broker import TansuBroker
 from tests.fixtures.simulator import APPKEY, OPENID
-from tests.integration.harness import eventually
+from tests.integration.harness import Daemon, events_on, eventually, headers
 
 
 def env_for(sim: Simulator, broker: TansuBroker, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -98,6 +101,161 @@ class TestBackfill:
         code, out = await run_cli(env, *args)
         assert code == 0, out
         assert "30 tasks read, 0 changed, 0 events" in out
+
+    async def test_days_per_request_without_a_daemon(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """With no daemon, --days-per-request splits the range the command reads itself."""
+        env = env_for(sim, running_kafka_broker, tmp_path)
+        today = beijing_now().date()
+        code, out = await run_cli(env, "backfill", "--days-per-request", "2", "--from",
+                                  str(today - timedelta(days=3)), "--to", str(today))
+        assert code == 0, out
+        assert "backfill #" not in out and "30 tasks read, 30 changed" in out
+        assert sim.requests["queryTask"] == 2  # two sub-windows of two days, one page each
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(env: dict[str, str], log_dir: Path, **extra: str) -> AsyncIterator[Daemon]:
+    """The daemon with the commands' environment (same API, store, broker and topics), stopped
+    without blocking the loop: the in-process simulator must answer its last requests."""
+    daemon = Daemon({**env, "POLLER_POLL_INTERVAL": "0.3", "POLLER_MAX_BACKOFF_SECONDS": "1",
+                     "POLLER_HTTP_PORT": str(free_port()), **extra}, log_dir).start()
+    try:
+        yield daemon
+    finally:
+        assert daemon.process is not None
+        if daemon.process.poll() is None:
+            await asyncio.to_thread(daemon.terminate)
+
+
+def old_tasks(sim: Simulator, count: int) -> list[str]:
+    """Live tasks last modified before today: outside the window of a running daemon."""
+    today = str(beijing_now().date())
+    return [t for t, task in sim.store.tasks.items()
+            if task["modify_time"][:10] < today and str(task["status"]) == "1"][:count]
+
+
+class TestLiveBackfill:
+    async def test_the_daemon_runs_it_while_it_keeps_cycling(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """With a daemon leading, backfill hands the range over and shows plain progress lines
+        (piped) until the daemon is done; the events arrive and the daemon's cycles go on.
+
+        1. the daemon records the history silently; the sweep is off;
+        2. feedback lands on three tasks of past days without moving modify_time: the window
+           cannot see it;
+        3. `backfill` over those days: a request, progress lines, done, exit 0;
+        4. the FeedbackAdded events of the three tasks are on the topic, and cycles went on.
+        """
+        env = env_for(sim, running_kafka_broker, tmp_path, POLLER_SWEEP_PERIOD_HOURS="0")
+        async with running_daemon(env, tmp_path) as daemon:
+            await daemon.wait_cycles(2)
+            changed = old_tasks(sim, 3)
+            for task_id in changed:
+                sim.store.add_feedback(task_id, touch=False)
+            before = await daemon.successful_cycles()
+            today = beijing_now().date()
+            code, out = await run_cli(env, "backfill", "--from", str(today - timedelta(days=3)),
+                                      "--to", str(today))
+            assert code == 0, out + daemon.log()[-2000:]
+            assert "requested from the daemon leading the store" in out
+            assert "backfill #1: done, 4/4 days" in out, out
+            assert re.search(r"done by the daemon: \d+ pages, \d+ tasks read, [1-9]\d* events", out)
+            assert "\x1b[" not in out  # plain lines when piped, no terminal codes
+            assert await daemon.successful_cycles() > before + 1
+
+            def has_feedback(records: list[Any]) -> bool:
+                return set(changed) <= {headers(r)["ce_subject"] for r in records
+                                        if headers(r)["ce_type"] == "FeedbackAdded"}
+
+            await events_on(running_kafka_broker.bootstrap, f"{env['POLLER_TOPIC_PREFIX']}.tasks",
+                            until=has_feedback)
+
+    async def test_detach_prints_the_id_and_status_follows_it(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """--detach prints only the request id on stdout and returns; `status --json` names the
+        daemon's pid as the leader and shows the request until it is done."""
+        env = env_for(sim, running_kafka_broker, tmp_path)
+        async with running_daemon(env, tmp_path) as daemon:
+            await daemon.wait_cycles(1)
+            today = beijing_now().date()
+            code, out, err = await run_split(env, "backfill", "--detach", "--from",
+                                             str(today - timedelta(days=2)), "--to", str(today))
+            assert code == 0, err
+            assert out == "1\n" and "backfill #1" in err
+
+            async def backfill_done() -> dict[str, Any] | None:
+                code, out, err = await run_split(env, "status", "--json")
+                assert code == 0, err
+                report: dict[str, Any] = orjson.loads(out)
+                return report if report["backfills"][0]["state"] == "done" else None
+
+            report = await eventually(backfill_done, what="the backfill to be done")
+            assert daemon.process is not None
+            assert report["leader"] == {"held": True, "pid": daemon.process.pid,
+                                        "where": f"lock file {tmp_path / 'cli.db'}.lock",
+                                        "since": None}
+            assert report["backfills"][0]["days_done"] == report["backfills"][0]["days"] == 3
+            assert report["first_run"]["complete"] and report["last_success"] is not None
+            code, out = await run_cli({**env, "COLUMNS": "200"}, "status")
+            assert code == 0 and f"pid {daemon.process.pid}" in out, out
+        code, out = await run_cli({**env, "COLUMNS": "200"}, "status")
+        assert code == 0 and "none: no daemon holds the store" in out, out
+
+    async def test_a_progress_bar_on_a_terminal(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """On a terminal the progress is a bar redrawn in place, not a line per change."""
+        env = env_for(sim, running_kafka_broker, tmp_path)
+        async with running_daemon(env, tmp_path) as daemon:
+            await daemon.wait_cycles(1)
+            today = beijing_now().date()
+            code, screen = await run_on_terminal(
+                {**env, "TERM": "xterm", "COLUMNS": "120"}, "backfill",
+                "--from", str(today - timedelta(days=2)), "--to", str(today))
+        assert code == 0, screen
+        assert "━" in screen and "\x1b[" in screen  # the bar, drawn with terminal codes
+        assert "3/3 days" in screen and "backfill #1: done," not in screen  # no plain lines
+
+    async def test_without_a_daemon_detach_leaves_the_request_for_one(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """With no daemon, --detach still records the request (the next leader runs it) and
+        status shows it pending with no leader."""
+        env = env_for(sim, running_kafka_broker, tmp_path)
+        today = beijing_now().date()
+        code, out, err = await run_split(env, "backfill", "--detach", "--from", str(today),
+                                         "--to", str(today))
+        assert code == 0 and out == "1\n", err
+        code, out, err = await run_split(env, "status", "--json")
+        report = orjson.loads(out)
+        assert report["leader"]["held"] is False
+        assert [(b["id"], b["state"]) for b in report["backfills"]] == [(1, "pending")]
+
+
+async def run_on_terminal(env: dict[str, str], *args: str, timeout_s: float = 60) -> tuple[int, str]:
+    """Exit code and everything `waiqin-poller ARGS` drew on a pseudo-terminal (stdout, stderr)."""
+    controller, terminal = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poller", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    screen = bytearray()
+
+    def read_all() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(asyncio.to_thread(read_all), process.wait()), timeout_s)
+    finally:
+        os.close(controller)
+    assert process.returncode is not None
+    return process.returncode, screen.decode(errors="replace")
 
 
 class TestTail:
