@@ -129,6 +129,34 @@ def status(as_json: bool) -> None:
     _run(status_.run(settings, as_json=as_json), redactor, settings)
 
 
+@main.command()
+@click.option("--created-from", type=click.DateTime(["%Y-%m-%d"]),
+              help="Only tasks created on or after this date (yyyy-MM-dd, Beijing).")
+@click.option("--created-to", type=click.DateTime(["%Y-%m-%d"]),
+              help="Only tasks created on or before this date (yyyy-MM-dd, Beijing).")
+@click.option("--task", "task_ids", multiple=True, help="Only these task ids (repeatable).")
+def snapshot(created_from: Any, created_to: Any, task_ids: tuple[str, ...]) -> None:
+    """Re-publish current-state records from the store (no API calls; safe beside the daemon).
+
+    Every stored task by default. Run it with the daemon's environment: the records carry its
+    ce_source (WAIQIN_BASE_URL, WAIQIN_OPENID); the appkey is not needed.
+    """
+    from poller.commands import snapshot as snapshot_
+
+    if task_ids and (created_from or created_to):
+        raise click.UsageError("--task and --created-from/--created-to do not combine")
+    created = None
+    if created_from or created_to:
+        start = created_from.date() if created_from else date.min
+        end = created_to.date() if created_to else date.max
+        if end < start:
+            raise click.BadParameter("--created-to is before --created-from")
+        created = (start, end)
+    settings, redactor = load_settings(human=True, placeholders={"WAIQIN_APPKEY": "not-used"})
+    selection = snapshot_.Selection(created=created, task_ids=task_ids or None)
+    _run(snapshot_.run(settings, selection), redactor, settings)
+
+
 def _known_types(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
     from poller.commands.tail import KNOWN_TYPES
 

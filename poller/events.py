@@ -317,6 +317,15 @@ def state_tombstone(event: TaskVanished, *, source: str) -> OutboundRecord:
     return OutboundRecord(topic="state", key=event.task_id.encode(), value=None, headers=headers)
 
 
+def state_tombstone_of(snapshot: Snapshot, *, source: str) -> OutboundRecord:
+    """The tombstone of a stored vanished task, as `waiqin-poller snapshot` re-sends it: key,
+    ce_id and ce_sequence of the daemon's tombstone, times from the task's modify_time."""
+    when = _rfc3339(snapshot.modify_time or NO_TIME)
+    headers = _headers(event_id(snapshot.task_id, STATE_TYPE, snapshot.version, ""), source,
+                       STATE_TYPE, snapshot.task_id, when, when, sequence=snapshot.version)
+    return OutboundRecord(topic="state", key=snapshot.task_id.encode(), value=None, headers=headers)
+
+
 def record_size(record: OutboundRecord) -> int:
     """What a record counts against KAFKA_MAX_MESSAGE_BYTES: key, value, headers and overhead."""
     return _framing(record.key or b"", record.headers) + len(record.value or b"")

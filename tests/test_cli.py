@@ -231,6 +231,50 @@ class TestLiveBackfill:
         assert [(b["id"], b["state"]) for b in report["backfills"]] == [(1, "pending")]
 
 
+class TestSnapshotCommand:
+    async def test_publishes_with_a_count_and_a_bar_on_a_terminal(
+            self, sim: Simulator, running_kafka_broker: TansuBroker, tmp_path: Path) -> None:
+        """snapshot re-publishes every stored task: piped, one final count line; on a
+        terminal, a progress bar too."""
+        env = env_for(sim, running_kafka_broker, tmp_path)
+        today = beijing_now().date()
+        code, out = await run_cli(env, "backfill", "--from", str(today - timedelta(days=3)),
+                                  "--to", str(today))
+        assert code == 0, out
+        code, out, err = await run_split(env, "snapshot")
+        assert code == 0, err
+        topic = f"{env['POLLER_TOPIC_PREFIX']}.tasks.state"
+        assert out == "" and err.strip().splitlines()[-1] == (
+            f"snapshot: 30 state records published to {topic}")
+        assert "\x1b[" not in err
+        code, screen = await run_on_terminal({**env, "TERM": "xterm", "COLUMNS": "120"},
+                                             "snapshot", "--created-to", str(today))
+        assert code == 0, screen
+        assert "━" in screen and "30/30" in screen and "30 state records published" in screen
+
+    @pytest.mark.parametrize(("args", "message"), [
+        (("--task", "t1", "--created-from", "2026-01-01"), "do not combine"),
+        (("--created-from", "2026-02-01", "--created-to", "2026-01-01"), "before --created-from"),
+        (("--created-from", "2026-02-30",), "2026-02-30"),
+    ])
+    async def test_bad_arguments(self, args: tuple[str, ...], message: str, tmp_path: Path) -> None:
+        """Arguments that cannot make a selection exit 2 naming the problem."""
+        env = {"PATH": os.environ.get("PATH", ""), "WAIQIN_OPENID": "o",
+               "POLLER_STORE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
+        code, out = await run_cli(env, "snapshot", *args)
+        assert code == 2 and message in out, out
+
+    async def test_no_store_is_one_line(self, tmp_path: Path) -> None:
+        """Pointed at a store nobody wrote, snapshot and status end in one line and create nothing."""
+        env = {"PATH": os.environ.get("PATH", ""), "WAIQIN_OPENID": "o",
+               "POLLER_STORE_URL": f"sqlite:///{tmp_path / 'typo.db'}"}
+        for command in ("snapshot", "status"):
+            code, out, err = await run_split(env, command)
+            assert one_line_failure(code, err) and "StoreNotFound: no store at sqlite:///" in err, err
+            assert out == ""
+        assert not (tmp_path / "typo.db").exists()
+
+
 async def run_on_terminal(env: dict[str, str], *args: str, timeout_s: float = 60) -> tuple[int, str]:
     """Exit code and everything `waiqin-poller ARGS` drew on a pseudo-terminal (stdout, stderr)."""
     controller, terminal = pty.openpty()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -319,6 +320,24 @@ class TestStateRecordOf:
         daemon = events.state_record(event, source=SOURCE, max_bytes=200_000)
         again = events.state_record_of(snapshot, source=SOURCE, max_bytes=200_000)
         assert again.value == daemon.value and events.record_size(again) <= 200_000
+
+
+class TestStateTombstoneOf:
+    def test_same_tombstone_as_the_daemons(self) -> None:
+        """A stored vanished task's tombstone has the daemon's key, ce_id and ce_sequence."""
+        current = normalise.task(VENDOR_RECORD)
+        stored = diff.observe(None, current, observed_at=OBSERVED_AT).snapshot(current)
+        assert stored is not None
+        [event] = diff.vanished(stored, observed_at=OBSERVED_AT).events
+        assert isinstance(event, events.TaskVanished)
+        gone = replace(stored, version=event.sequence, vanished=True)
+        daemon = events.state_tombstone(event, source=SOURCE)
+        again = events.state_tombstone_of(gone, source=SOURCE)
+        assert (again.topic, again.key, again.value) == (daemon.topic, daemon.key, None)
+        ours, theirs = dict(again.headers), dict(daemon.headers)
+        for name in ("ce_id", "ce_sequence", "ce_type", "ce_subject", "ce_source"):
+            assert ours[name] == theirs[name], name
+        assert ours["ce_time"] == ours["ce_recordedtime"] == b"2020-12-09T15:02:00+08:00"
 
 
 class TestRoundTrip:
