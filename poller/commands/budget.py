@@ -34,12 +34,19 @@ class Projection:
 
     def describe(self) -> str:
         """One line for people: the total, its parts and the budget."""
-        line = (f"about {self.per_day:,.0f} requests a day (window {self.window_per_day:,.0f}, "
-                f"sweep {self.sweep_per_day:,.0f}: {self.sweep_pages_per_pass:,} pages a pass)")
+        line = projected_words(self.per_day, self.window_per_day, self.sweep_per_day,
+                               self.sweep_pages_per_pass)
         if self.budget is None:
             return line + "; no WAIQIN_DAILY_REQUEST_BUDGET"
         verdict = "over it: the interval will be stretched" if self.is_over_budget else "within it"
         return line + f"; WAIQIN_DAILY_REQUEST_BUDGET {self.budget:,}, {verdict}"
+
+
+def projected_words(per_day: float, window: float, sweep: float, pages_per_pass: int) -> str:
+    """The projection in words, as `check` and `status` print it."""
+    pages = f"{pages_per_pass:,} page{'' if pages_per_pass == 1 else 's'} a pass"
+    return (f"about {per_day:,.0f} requests a day (window {window:,.0f}, sweep {sweep:,.0f}: "
+            f"{pages})")
 
 
 async def project(store: SnapshotStore, settings: Settings, today: date) -> Projection:

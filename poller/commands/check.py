@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from poller import logs
-from poller.commands import hints
+from poller.commands import budget, hints
 from poller.config import Settings
 from poller.errors import PollerError, SourceAuthError
 from poller.fetch import WaiqinClient
@@ -42,6 +42,8 @@ async def run(settings: Settings, redactor: Redactor) -> bool:
     api = hints.api_address(settings)
     store_ok = await _check(say, f"store ({describe_store_url(settings.store.url)})",
                             lambda: _store(settings))
+    if store_ok:
+        await _requests(say, settings)
     api_ok = await _check(say, f"API queryTask ({api})", lambda: _query_task(settings),
                           cause=lambda exc: hints.network_cause(exc, api))
     if api_ok:
@@ -97,6 +99,23 @@ async def _store(settings: Settings) -> str:
         return f"{settings.store.backend} store holds {await store.count_tasks()} tasks"
     finally:
         await store.stop()
+
+
+async def _requests(say: _Printer, settings: Settings) -> None:
+    """The projected requests a day; over the budget is a warning (the daemon stretches its
+    interval, it does not fail)."""
+    item = "API requests"
+    store = open_store(settings.store)
+    try:
+        async with asyncio.timeout(ITEM_DEADLINE_S):
+            await store.start()
+            projection = await budget.project(store, settings, beijing_date(beijing_now()))
+    except (TimeoutError, PollerError) as exc:  # the store's own line says what is wrong
+        say(WARN, item, f"no projection: {type(exc).__name__}: {exc}")
+        return
+    finally:
+        await store.stop()
+    say(WARN if projection.is_over_budget else PASS, item, projection.describe())
 
 
 async def _query_task(settings: Settings) -> str:

@@ -240,10 +240,9 @@ def rows(status: Status) -> list[tuple[str, str]]:
     for n, request in enumerate(status.backfills):
         out.append(("backfills" if n == 0 else "", _backfill_words(request)))
     out += [("requests today", _requests_words(status.requests)),
-            ("projected", f"about {status.requests.projected_per_day:,.0f} requests a day "
-                          f"(window {status.requests.window_per_day:,.0f}, sweep "
-                          f"{status.requests.sweep_per_day:,.0f}: "
-                          f"{status.requests.sweep_pages_per_pass:,} pages a pass)")]
+            ("projected", budget.projected_words(
+                status.requests.projected_per_day, status.requests.window_per_day,
+                status.requests.sweep_per_day, status.requests.sweep_pages_per_pass))]
     return out
 
 

@@ -35,6 +35,21 @@ class TestCheck:
         assert f"✓ API queryTask (127.0.0.1:{sim.base_url.rsplit(':', 1)[1]})" in out
         assert f"✓ Kafka ({running_kafka_broker.bootstrap})" in out
         assert "✓ API queryTaskType" in out and "✓ store (sqlite:///" in out
+        assert ("✓ API requests: about 1,441 requests a day (window 1,440, sweep 1: 1 page a "
+                "pass); no WAIQIN_DAILY_REQUEST_BUDGET") in out
+
+    async def test_projection_over_the_budget_is_a_warning(
+            self, make_simulator: object, running_kafka_broker: TansuBroker, tmp_path: Path,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        """Projected requests above WAIQIN_DAILY_REQUEST_BUDGET warn (the interval will be
+        stretched) without failing the check."""
+        sim = await make_simulator(tasks=3, days=1)  # type: ignore[operator]
+        settings = settings_for(sim, running_kafka_broker, tmp_path, WAIQIN_DAILY_REQUEST_BUDGET="1000",
+                                POLLER_POLL_INTERVAL="30")
+        assert await check.run(settings, Redactor.from_settings(settings))
+        out = capsys.readouterr().out
+        assert ("! API requests: about 2,881 requests a day (window 2,880, sweep 1: 1 page a "
+                "pass); WAIQIN_DAILY_REQUEST_BUDGET 1,000, over it: the interval will be stretched") in out
 
     async def test_refused_signature_skips_task_types(
             self, make_simulator: object, running_kafka_broker: TansuBroker, tmp_path: Path,
