@@ -264,10 +264,13 @@ def broker(port: int) -> None:
 @main.command()
 @click.option("--churn", default=1.0, show_default=True, help="Simulated mutations per second.")
 @click.option("--tasks", default=300, show_default=True, help="Tasks to seed the simulator with.")
+@click.option("--silent", default=0.2, show_default=True, type=FRACTION,
+              help="Share of mutations that leave modify_time as it was (only the sweep finds them).")
 @click.option("--state-dir", default=".waiqin-demo", show_default=True,
               help="Where the demo keeps its SQLite state (only its own files are replaced).")
-def demo(churn: float, tasks: int, state_dir: str) -> None:
+def demo(churn: float, tasks: int, silent: float, state_dir: str) -> None:
     """Everything local: simulator, a Kafka-compatible broker, the poller, live events."""
     from poller.commands import demo as demo_
 
-    _run(demo_.run(churn_per_s=churn, tasks=tasks, state_dir=state_dir), Redactor([demo_.APPKEY]))
+    _run(demo_.run(churn_per_s=churn, tasks=tasks, state_dir=state_dir, silent_fraction=silent),
+         Redactor([demo_.APPKEY]))

@@ -9,6 +9,7 @@ import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -29,6 +30,10 @@ STATE_FILE = "demo-state.db"
 # With little churn the screen would stay blank: say every so often that all is well.
 HEARTBEAT_S = 10.0
 POLL_INTERVAL_S = 2.0
+# Every stored task is read again this often, so a change the vendor made without moving
+# modify_time (a silent one) shows up within a minute or two, marked "found by sweep".
+SWEEP_PERIOD_H = 0.02
+LOOKBACK_MINUTES = 30  # the daemon's default, spelled out: the live view marks by it
 
 
 async def run(*, churn_per_s: float, tasks: int, state_dir: str,
@@ -70,13 +75,17 @@ async def _run(console: Console, broker: TansuBroker, state: Path, *, churn_per_
             "KAFKA_ENABLE_IDEMPOTENCE": "false",  # Tansu cannot InitProducerId; production keeps it on
             "POLLER_STORE_URL": f"sqlite:///{state / STATE_FILE}",
             "POLLER_POLL_INTERVAL": str(POLL_INTERVAL_S), "POLLER_TYPE_REFRESH_SECONDS": "30",
+            "POLLER_SWEEP_PERIOD_HOURS": str(SWEEP_PERIOD_H),
+            "POLLER_LOOKBACK_MINUTES": str(LOOKBACK_MINUTES),
             # Loopback only: a laptop demo has no business listening on every interface.
             "POLLER_HTTP_HOST": "127.0.0.1", "POLLER_HTTP_PORT": str(_http_port()),
             "LOG_FORMAT": "console", "LOG_LEVEL": "WARNING",
         })
         redactor = Redactor([APPKEY])
         logs.configure(settings.log, redactor=redactor, stream=logs.current_stderr())
-        silent = f", {mix.silent:.0%} of them silent" if mix.silent else ""
+        silent = (f", {mix.silent:.0%} of them silent: the sweep (every "
+                  f"{SWEEP_PERIOD_H * 3600:g} s) finds those, marked [{tail.SWEEP_MARK_STYLE}]"
+                  f"{tail.SWEEP_MARK}[/]" if mix.silent else "")
         console.print(f"[bold]waiqin-poller demo[/]: simulator {base_url} ({tasks} tasks, "
                       f"{churn_per_s}/s mutations{silent}), broker {broker.bootstrap}, "
                       f"metrics http://{settings.http.host}:{settings.http.port}/metrics — Ctrl-C to stop\n")
@@ -88,7 +97,8 @@ async def _run(console: Console, broker: TansuBroker, state: Path, *, churn_per_
                                              redactor=redactor))
         viewer = asyncio.create_task(tail.run(settings, types=set(), task_ids=set(),
                                               from_beginning=True, dead_letters=False, stop=stop,
-                                              printer=heartbeat.print))
+                                              printer=heartbeat.print,
+                                              mark_sweep_finds=timedelta(minutes=LOOKBACK_MINUTES)))
         pulse = asyncio.create_task(heartbeat.run(stop))
         await simulator.start_churn(churn_per_s)
         try:

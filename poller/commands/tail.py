@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from rich.markup import escape
 from poller import events, logs
 from poller.config import KafkaSettings, Settings
 from poller.publish import CAUGHT_ERRORS, client_options, map_error
+from poller.window import beijing_date
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +26,8 @@ KNOWN_TYPES: tuple[str, ...] = (
 """The ce_type values `--type` accepts."""
 # task_status values in words (docs/design.md §2), for status changes.
 TASK_STATUS = {0: "awaiting feedback", 1: "feedback given", 2: "accepted", 3: "feedback rejected"}
+SWEEP_MARK = "found by sweep"  # the demo's mark on changes the window could not see
+SWEEP_MARK_STYLE = "bold yellow"
 COLOURS = {
     "TaskCreated": "bold green", "TaskDeleted": "red", "TaskRestored": "green",
     "TaskAccepted": "bold cyan", "TaskRejected": "magenta", "FeedbackAdded": "yellow",
@@ -33,8 +37,13 @@ COLOURS = {
 
 async def run(settings: Settings, *, types: set[str], task_ids: set[str], from_beginning: bool,
               dead_letters: bool, stop: asyncio.Event | None = None,
-              printer: Callable[[str], None] | None = None) -> None:
-    """Print matching events until cancelled (or `stop` is set)."""
+              printer: Callable[[str], None] | None = None,
+              mark_sweep_finds: timedelta | None = None) -> None:
+    """Print matching events until cancelled (or `stop` is set).
+
+    With `mark_sweep_finds` (the poller's lookback), an event stamped before the window it
+    was seen in is marked as found by the sweep (the demo's live view does this).
+    """
     console = Console(highlight=False, soft_wrap=True)  # one event, one line, piped or not
     emit = printer or console.print
     topic = settings.topics.dead_letter if dead_letters else settings.topics.tasks
@@ -51,7 +60,8 @@ async def run(settings: Settings, *, types: set[str], task_ids: set[str], from_b
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    line = describe(record, types=types, task_ids=task_ids)
+                    line = describe(record, types=types, task_ids=task_ids,
+                                    mark_sweep_finds=mark_sweep_finds)
                     if line is not None:
                         emit(line)
     finally:
@@ -86,7 +96,8 @@ async def _assign(consumer: AIOKafkaConsumer, topic: str, from_beginning: bool) 
 
 
 def describe(record: Any, *, types: set[str] = frozenset(),  # type: ignore[assignment]
-             task_ids: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+             task_ids: set[str] = frozenset(),  # type: ignore[assignment]
+             mark_sweep_finds: timedelta | None = None) -> str | None:
     """One rich-markup line for a record, or None when filtered out."""
     headers = {k: v.decode() for k, v in record.headers}
     kind = headers.get("ce_type", "?")
@@ -99,7 +110,28 @@ def describe(record: Any, *, types: set[str] = frozenset(),  # type: ignore[assi
     event = events.decode(record)
     colour = COLOURS.get(kind, "white")
     when = headers.get("ce_time", "")
-    return f"{when}  [{colour}]{kind:<22}[/] {subject:<22} seq={headers.get('ce_sequence', '-'):<4} {_detail(event)}"
+    line = f"{when}  [{colour}]{kind:<22}[/] {subject:<22} seq={headers.get('ce_sequence', '-'):<4} {_detail(event)}"
+    if mark_sweep_finds is not None and found_by_sweep(when, headers.get("ce_recordedtime", ""),
+                                                        lookback=mark_sweep_finds):
+        line += f"  [{SWEEP_MARK_STYLE}]{SWEEP_MARK}[/]"
+    return line
+
+
+def found_by_sweep(happened: str, recorded: str, *, lookback: timedelta) -> bool:
+    """Whether a change stamped `happened` (ce_time) and seen at `recorded` (ce_recordedtime)
+    lies before the window of the cycle that saw it, so only the reconciliation sweep (or a
+    backfill) could find it: its Beijing date is before that of (recorded - lookback).
+
+    A hint for people, not a guarantee: after an outage, or while a drifting day is held open,
+    the window reaches further back than that.
+    """
+    try:
+        stamped, seen = datetime.fromisoformat(happened), datetime.fromisoformat(recorded)
+    except ValueError:
+        return False
+    if stamped.tzinfo is None or seen.tzinfo is None:
+        return False
+    return beijing_date(stamped) < beijing_date(seen - lookback)
 
 
 def _detail(event: Any) -> str:

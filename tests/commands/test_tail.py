@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import orjson
 
-from poller.commands.tail import KNOWN_TYPES, describe, receivers_words, status_words
+from poller.commands.tail import KNOWN_TYPES, describe, found_by_sweep, receivers_words, status_words
 from poller.models import Receiver
 
 
@@ -54,6 +56,40 @@ class TestDescribe:
         """A dead letter reads with its key and reason."""
         record = FakeRecord((("ce_type", b"DeadLetter"),), b'{"reason": "record has no task_id"}')
         assert "reason=record has no task_id" in (describe(record) or "")
+
+
+LOOKBACK = timedelta(minutes=30)
+
+
+class TestFoundBySweep:
+    def test_stamped_before_the_window(self) -> None:
+        """A change stamped on a day before the window of the cycle that saw it is marked."""
+        assert found_by_sweep("2026-01-01T10:00:00+08:00", "2026-01-03T09:00:00+08:00", lookback=LOOKBACK)
+
+    def test_within_the_window(self) -> None:
+        """Stamped today, or yesterday while the lookback still reaches it, is not marked."""
+        assert not found_by_sweep("2026-01-03T08:00:00+08:00", "2026-01-03T09:00:00+08:00",
+                                  lookback=LOOKBACK)
+        assert not found_by_sweep("2026-01-02T23:50:00+08:00", "2026-01-03T00:10:00+08:00",
+                                  lookback=LOOKBACK)
+
+    def test_days_in_beijing_time(self) -> None:
+        """Days are Beijing days whatever offset the times are written in."""
+        assert not found_by_sweep("2026-01-02T17:00:00+00:00", "2026-01-03T09:00:00+08:00",
+                                  lookback=LOOKBACK)  # 01:00 on the 3rd in Beijing
+
+    def test_unreadable_times_are_not_marked(self) -> None:
+        """Missing or naive times never earn the mark."""
+        assert not found_by_sweep("", "2026-01-03T09:00:00+08:00", lookback=LOOKBACK)
+        assert not found_by_sweep("2026-01-01T10:00:00", "2026-01-03T09:00:00", lookback=LOOKBACK)
+
+    def test_the_line_carries_the_mark_when_asked(self) -> None:
+        """describe() appends the mark only when the caller asks for it (the demo does)."""
+        record = FakeRecord((("ce_type", b"TaskAccepted"), ("ce_subject", b"t-1"),
+                             ("ce_time", b"2026-01-02T10:00:00+08:00"),
+                             ("ce_recordedtime", b"2026-01-05T10:00:00+08:00")), _status_event())
+        assert (describe(record, mark_sweep_finds=LOOKBACK) or "").endswith("found by sweep[/]")
+        assert "found by sweep" not in (describe(record) or "")
 
 
 def _status_event() -> bytes:

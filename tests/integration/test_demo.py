@@ -42,6 +42,31 @@ class TestDemo:
         assert len(seen) >= 10
         assert (tmp_path / "state" / "demo-state.db").exists()
 
+    async def test_silent_changes_show_up_marked_found_by_sweep(self, tmp_path: Path) -> None:
+        """Changes that leave modify_time as it was (--silent 1: all of them) appear anyway,
+        found by the sweep and marked so."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poller", "demo", "--churn", "20", "--tasks", "60", "--silent", "1",
+            "--state-dir", str(tmp_path / "state"), cwd=tmp_path,
+            env={"PATH": os.environ.get("PATH", ""), "COLUMNS": "200"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(60):
+                while True:
+                    line = (await process.stdout.readline()).decode()
+                    assert line, "the demo ended early"
+                    if EVENT_LINE.search(line) and line.rstrip().endswith("found by sweep"):
+                        break
+            process.send_signal(signal.SIGINT)
+            async with asyncio.timeout(30):
+                await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0
+
     async def test_quiet_demo_keeps_user_files_and_leaves_nothing_behind(self, tmp_path: Path) -> None:
         """With --churn 0 a heartbeat shows the demo is alive; files it did not make survive.
 
