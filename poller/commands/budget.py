@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -51,8 +52,12 @@ def projected_words(per_day: float, window: float, sweep: float, pages_per_pass:
 
 async def project(store: SnapshotStore, settings: Settings, today: date) -> Projection:
     """The projection from the stored tasks per create date (the sweep's slices)."""
+    return projection(await store.created_counts(settings.poll.start_date), settings, today)
+
+
+def projection(counts: Mapping[date, int], settings: Settings, today: date) -> Projection:
+    """Pure: the projection for these stored tasks per create date."""
     poll, api = settings.poll, settings.waiqin
-    counts = await store.created_counts(poll.start_date)
     pages = schedule.pages_per_pass(counts, today, rows=api.page_rows,
                                     max_pages=poll.sweep_slice_pages)
 

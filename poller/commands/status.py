@@ -7,7 +7,7 @@ Beijing time, durations in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 
 import click
@@ -58,7 +58,7 @@ class SweepStatus(_Part):
     period_hours: float
     passes: int
     pass_started_at: AwareDatetime | None = None  # of the pass in progress, or the last one
-    progress: float | None = None  # of the pass in progress; None between passes
+    progress: float | None = None  # share of stored tasks the pass in progress has read
     read_back_to: date | None = None
     confirming: int = 0  # stored tasks missing once, waiting for the confirming read
     verified_since: AwareDatetime | None = None  # every stored task was read since then
@@ -127,18 +127,20 @@ async def gather(store: SnapshotStore, settings: Settings, now: datetime) -> Sta
     today = beijing_date(now)
     state = await store.load_state()
     requests = await store.read_usage(today)
-    projection = await budget.project(store, settings, today)
+    counts = await store.created_counts(settings.poll.start_date)
     return summarise(
         state, now=now, store=describe_store_url(settings.store.url),
         leader=await stored.leader_of(store), tasks=await store.count_tasks(),
         outbox_depth=await store.outbox_depth(),
         backfills=await store.backfills(active_only=False), requests=requests,
-        projection=projection, sweep_period_h=settings.poll.sweep_period_h)
+        projection=budget.projection(counts, settings, today), created_counts=counts,
+        sweep_period_h=settings.poll.sweep_period_h)
 
 
 def summarise(state: PollState, *, now: datetime, store: str, leader: Holder | None, tasks: int,
               outbox_depth: int, backfills: Sequence[Backfill], requests: dict[str, int],
-              projection: budget.Projection, sweep_period_h: float) -> Status:
+              projection: budget.Projection, created_counts: Mapping[date, int],
+              sweep_period_h: float) -> Status:
     """Pure: the status from what the store holds."""
     open_ = state.baseline_complete and state.window_from is not None
     return Status(
@@ -149,7 +151,7 @@ def summarise(state: PollState, *, now: datetime, store: str, leader: Holder | N
         window_from=state.window_from if open_ else None,
         window_to=beijing_date(now) if open_ else None,
         first_run=_first_run(state),
-        sweep=_sweep(state, now, sweep_period_h),
+        sweep=_sweep(state, now, sweep_period_h, created_counts),
         backfills=[_backfill(b) for b in _shown(backfills)],
         requests=RequestsStatus(
             today=sum(requests.values()), by_endpoint=dict(sorted(requests.items())),
@@ -171,7 +173,8 @@ def _first_run(state: PollState) -> FirstRunStatus:
                           read_back_to=_read_back_to(run.walk.end, run.started_at), tasks=run.tasks)
 
 
-def _sweep(state: PollState, now: datetime, period_h: float) -> SweepStatus:
+def _sweep(state: PollState, now: datetime, period_h: float,
+           counts: Mapping[date, int]) -> SweepStatus:
     sweep = state.sweep
     # During a pass, a task it has not reached yet was last read by the pass before.
     verified = sweep.previous_pass_started_at or sweep.pass_started_at
@@ -179,7 +182,11 @@ def _sweep(state: PollState, now: datetime, period_h: float) -> SweepStatus:
         verified = None
     progress = read_back_to = None
     if sweep.end is not None and sweep.pass_started_at is not None:  # a pass is in progress
-        progress = round(history.progress(sweep.end, sweep.pass_started_at), 4)
+        # By stored tasks, not days: a history of a few years is far shorter than the walk's
+        # days back to its floor, and tasks are what a pass costs.
+        total = sum(counts.values())
+        read = sum(n for day, n in counts.items() if day > sweep.end)
+        progress = round(read / total, 4) if total else 0.0
         read_back_to = _read_back_to(sweep.end, sweep.pass_started_at)
     return SweepStatus(
         enabled=period_h > 0, period_hours=period_h, passes=sweep.passes,

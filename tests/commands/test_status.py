@@ -114,7 +114,8 @@ class TestGather:
         try:
             await save(store, lease, PollState(
                 window_from=TODAY - timedelta(days=1), baseline_complete=True, start_mode="replay",
-                last_success_started_at=NOW - timedelta(seconds=30), sweep=sweep))
+                last_success_started_at=NOW - timedelta(seconds=30), sweep=sweep),
+                snapshots=[created(f"t{n}", TODAY - timedelta(days=n * 20)) for n in range(4)])
         finally:
             await lease.release()
         settings = settings_for(store_url, WAIQIN_DAILY_REQUEST_BUDGET="5000",
@@ -125,7 +126,7 @@ class TestGather:
         assert report.first_run == status.FirstRunStatus(complete=True, mode="replay", progress=1.0)
         assert report.sweep == status.SweepStatus(
             enabled=True, period_hours=12.0, passes=3, pass_started_at=sweep.pass_started_at,
-            progress=round(history.progress(TODAY - timedelta(days=30), NOW), 4),
+            progress=0.5,  # two of the four stored tasks were created after the cursor
             read_back_to=TODAY - timedelta(days=29), confirming=2,
             verified_since=NOW - timedelta(hours=20), staleness_seconds=72_000.0)
         assert report.requests.budget == 5000 and report.requests.sweep_per_day == 2.0
@@ -166,6 +167,7 @@ def steady(**overrides: Any) -> status.Status:
         "tasks": 123_456, "outbox_depth": 0, "backfills": [], "requests": {"queryTask": 1200, "queryTaskType": 34},
         "projection": budget.Projection(window_per_day=1440, sweep_per_day=94.5,
                                         sweep_pages_per_pass=94, budget=10_000),
+        "created_counts": {date(2025, 6, 1): 300, date(2024, 6, 1): 100},
         "sweep_period_h": 24.0, **overrides}
     return status.summarise(state, **values)
 
@@ -178,7 +180,7 @@ class TestWords:
         assert rows["last success"] == "12 s ago"
         assert rows["window"] == "2026-03-10 → 2026-03-10"
         assert rows["first run"] == "complete (baseline)"
-        assert rows["sweep"].startswith("5% of a pass started 3 h ago, created since 2025-01-02 read")
+        assert rows["sweep"].startswith("75% of a pass started 3 h ago, created since 2025-01-02 read")
         assert rows["staleness bound"] == "20 h 5 min: every stored task was read since 2026-03-09 18:55"
         assert rows["stored tasks"] == "123,456" and rows["outbox"] == "empty"
         assert rows["requests today"] == ("1,234 (queryTask 1,200, queryTaskType 34) of "
