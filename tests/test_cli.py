@@ -1,4 +1,5 @@
-"""The operator commands as a user runs them: `waiqin-poller check|backfill|tail|simulator` subprocesses."""
+"""The operator commands as a user runs them: `waiqin-poller check|status|backfill|snapshot|tail|simulator`
+subprocesses."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from poller import history
 from poller.commands import budget, status
@@ -209,3 +210,21 @@ class TestWords:
     def test_durations(self, seconds: float, words: str) -> None:
         """Durations read as people say them."""
         assert status.duration(seconds) == words
+
+
+class TestDocumented:
+    def test_every_json_key_is_in_the_operations_guide(self) -> None:
+        """docs/operations.md ("Reading status") lists every key --json prints, nested ones too."""
+        guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+        section = guide.split("## Reading status", 1)[1].split("\n## ", 1)[0]
+
+        def keys(model: Any) -> set[str]:
+            found = set(model.model_fields)
+            for field in model.model_fields.values():
+                inner = getattr(field.annotation, "__args__", (field.annotation,))
+                for kind in inner:
+                    if isinstance(kind, type) and issubclass(kind, BaseModel):
+                        found |= keys(kind)
+            return found
+
+        assert {k for k in keys(status.Status) if f"`{k}`" not in section} == set()
