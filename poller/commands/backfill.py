@@ -79,6 +79,8 @@ async def _request(store: SnapshotStore, start: date, end: date, console: Consol
         return request
     console.print(f"backfill #{request.id} {start} → {end} requested from the daemon leading "
                   "the store; following its progress (Ctrl-C stops following, not the backfill)")
+    if not (await store.load_state()).baseline_complete:
+        console.print("note: the daemon is in its first run; backfills start once it is complete")
     done = await follow(store, request.id, console)
     console.print(f"backfill #{done.id} {start} → {end} done by the daemon: {done.pages:,} pages, "
                   f"{done.tasks:,} tasks read, {done.events:,} events")
