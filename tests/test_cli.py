@@ -524,10 +524,12 @@ class TestTryIt:
             line = await asyncio.wait_for(tail.stdout.readline(), 60)
             assert b"TaskCreated" in line
         finally:
-            for process in started:
+            # Last started, first stopped (`kill %4 %3 %2 %1`): the daemon finishes its cycle
+            # while the broker still takes its records; stopped first, the broker would leave
+            # it waiting out its shutdown grace.
+            for process in reversed(started):
                 if process.returncode is None:
                     process.send_signal(signal.SIGINT)
-            for process in started:
                 await asyncio.wait_for(process.wait(), 30)
         assert started[0].returncode == 0  # the broker ends cleanly on Ctrl-C
 
