@@ -293,10 +293,13 @@ def state_record_of(snapshot: Snapshot, *, source: str,
 def _state(task: Task, sequence: int, happened: str, recorded: str, *, source: str,
            max_bytes: int) -> OutboundRecord:
     key = task.task_id.encode()
-    headers = _headers(event_id(task.task_id, STATE_TYPE, sequence, ""), source, STATE_TYPE,
-                       task.task_id, happened, recorded, sequence=sequence)
-    room = max_bytes - _framing(key, headers)
     value = task.__pydantic_serializer__.to_json(task)
+    # The id covers the state itself: a task re-stored at the same version because only
+    # modify_time moved (no event, no new sequence) is another state, so another id.
+    state_id = event_id(task.task_id, STATE_TYPE, sequence, xxhash.xxh3_128_hexdigest(value))
+    headers = _headers(state_id, source, STATE_TYPE, task.task_id, happened, recorded,
+                       sequence=sequence)
+    room = max_bytes - _framing(key, headers)
     if len(value) > room or truncate.too_deep(value):
         try:
             value = truncate.fit(orjson.loads(value), room).body

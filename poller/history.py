@@ -136,7 +136,7 @@ class History:
                 break  # the confirmation read comes in a later cycle
             sweep = sweep.model_copy(update={"end": target.start - slices.ONE_DAY, "max_width": None})
         state = await self._save(state.model_copy(update={"sweep": sweep}), lease)
-        self._sweep_metrics(state)
+        await self._sweep_metrics(state)
         return state
 
     async def _sweep_target(self, sweep: Sweep) -> slices.Slice | None:
@@ -185,10 +185,10 @@ class History:
         metrics.TASKS_VANISHED.inc(len(before))
         log.info("tasks_vanished", tasks=len(before))
 
-    def _sweep_metrics(self, state: PollState) -> None:
+    async def _sweep_metrics(self, state: PollState) -> None:
         sweep, now = state.sweep, self._clock()
         if sweep.end is not None:
-            metrics.SWEEP_PROGRESS.set(progress(sweep.end, sweep.pass_started_at or now))
+            metrics.SWEEP_PROGRESS.set(slices.share_read(await self._stored_counts(), sweep.end))
         verified = sweep.previous_pass_started_at
         if verified is not None:
             metrics.STALENESS.set((now - verified).total_seconds())

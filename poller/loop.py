@@ -237,8 +237,9 @@ class Poller:
                           wanted=self._allowance() + sweep_pages, sweep_pages=sweep_pages)
         self._next_cycle_in_s = plan.interval_s
         used = await self.backfills.run(lease, pages=plan.extra_pages - plan.sweep_pages)
-        if self._settings.sweep_period_h > 0:
-            state = await self.history.sweep(state, lease, pages=plan.extra_pages - used)
+        if self._settings.sweep_period_h > 0:  # its share only: one pass per period
+            state = await self.history.sweep(state, lease,
+                                             pages=min(plan.sweep_pages, plan.extra_pages - used))
         return stats, state
 
     async def _sweep_pages(self) -> int:

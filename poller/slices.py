@@ -88,6 +88,13 @@ def is_overflowing(read: Slice, full_pages: int, *, max_pages: int) -> bool:
     return read.days > 1 and full_pages > max_pages
 
 
+def share_read(counts: Mapping[date, int], end: date) -> float:
+    """How much of the stored history a walk back to `end` has read, by tasks (what a pass
+    costs), not days: a few years of tasks are far fewer days than the walk's reach to the floor."""
+    total = sum(counts.values())
+    return sum(n for day, n in counts.items() if day > end) / total if total else 0.0
+
+
 def planned(counts: Mapping[date, int], end: date, *, capacity: int, floor: date = FLOOR) -> Slice | None:
     """The widest slice ending at `end` whose stored tasks fit `capacity` (at least one day).
 

@@ -182,11 +182,7 @@ def _sweep(state: PollState, now: datetime, period_h: float,
         verified = None
     progress = read_back_to = None
     if sweep.end is not None and sweep.pass_started_at is not None:  # a pass is in progress
-        # By stored tasks, not days: a history of a few years is far shorter than the walk's
-        # days back to its floor, and tasks are what a pass costs.
-        total = sum(counts.values())
-        read = sum(n for day, n in counts.items() if day > sweep.end)
-        progress = round(read / total, 4) if total else 0.0
+        progress = round(slices.share_read(counts, sweep.end), 4)
         read_back_to = _read_back_to(sweep.end, sweep.pass_started_at)
     return SweepStatus(
         enabled=period_h > 0, period_hours=period_h, passes=sweep.passes,
