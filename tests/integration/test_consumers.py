@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,13 @@ def broker(broker_factory: BrokerFactory) -> TansuBroker:
 
 
 @pytest.fixture
-def daemon(sim: Simulator, broker: TansuBroker, store_url: str, tmp_path: Path) -> Daemon:
-    return Daemon.configured(base_url=sim.base_url, bootstrap=broker.bootstrap,
-                             store_url=store_url, prefix=PREFIX, log_dir=tmp_path, **DAEMON_ENV)
+def daemon_for(sim: Simulator, broker: TansuBroker, store_url: str, tmp_path: Path
+               ) -> Callable[..., Daemon]:
+    def make(**extra: str) -> Daemon:
+        return Daemon.configured(base_url=sim.base_url, bootstrap=broker.bootstrap,
+                                 store_url=store_url, prefix=PREFIX, log_dir=tmp_path,
+                                 **{**DAEMON_ENV, **extra})
+    return make
 
 
 class LateConsumer:
@@ -219,34 +224,39 @@ def stream_problems(records: Iterable[Any]) -> list[str]:
     return problems
 
 
-async def equal_to_api(sim: Simulator, late: LateConsumer, table: Callable[[], Any],
+async def equal_to_api(sim: Simulator, views: Mapping[str, Callable[[], Any]],
                        timeout_s: float) -> None:
-    """Wait until the consumer's view and the mirror's table both equal the API's tasks."""
-    async def both_equal() -> bool:
-        expected = api_tasks(sim)
-        return not differences(expected, late.tasks()) and \
-            not differences(expected, await table())
+    """Wait until every view (name -> a function, maybe async, returning comparable tasks by
+    id) equals the API's tasks; fail with what each has wrong."""
+    async def wrong() -> dict[str, list[str]]:
+        expected, found = api_tasks(sim), {}
+        for name, read in views.items():
+            got = read()
+            problems = differences(expected, await got if inspect.isawaitable(got) else got)
+            if problems:
+                found[name] = problems[:10]
+        return found
+
+    async def all_equal() -> bool:
+        return not await wrong()
 
     try:
-        await eventually(both_equal, timeout_s=timeout_s, interval_s=0.5,
-                         what="the consumer and the mirror to equal the API")
+        await eventually(all_equal, timeout_s=timeout_s, interval_s=0.5,
+                         what="every view to equal the API")
     except AssertionError:
-        expected = api_tasks(sim)
-        raise AssertionError(
-            f"after {timeout_s}s: consumer view {differences(expected, late.tasks())[:10]}; "
-            f"mirror table {differences(expected, await table())[:10]}") from None
+        raise AssertionError(f"after {timeout_s}s: {await wrong()}") from None
 
 
 class TestLateConsumerAndMirror:
     @pytest.mark.timeout(150)
     async def test_equal_to_the_api_after_churn_a_kill_and_an_outage(
-            self, sim: Simulator, broker: TansuBroker, daemon: Daemon, pg_url: str,
-            tmp_path: Path) -> None:
+            self, sim: Simulator, broker: TansuBroker, daemon_for: Callable[..., Daemon],
+            pg_url: str, tmp_path: Path) -> None:
         """While the simulator churns, the daemon is SIGKILLed and the broker hangs for a while;
         a consumer bootstrapped from the state topic after the kill and a mirror table started
         before it end, once the churn stopped, equal to the API's tasks task by task
         (hard-deleted ones absent from both), with no gap reported and none on the topic."""
-        with daemon:
+        with daemon_for() as daemon:
             await eventually(lambda: first_run_done(daemon), timeout_s=30,
                              what="the replay first run")
             await sim.start_churn(CHURN_PER_S, MIX)
@@ -269,9 +279,10 @@ class TestLateConsumerAndMirror:
                         sim.hard_delete(task_id)
                     await sim.stop_churn()
 
-                    await equal_to_api(sim, late, table, timeout_s=60)
+                    views = {"consumer view": late.tasks, "mirror table": table}
+                    await equal_to_api(sim, views, timeout_s=60)
                     await daemon.wait_cycles(3)  # quiet: nothing more changes either side
-                    await equal_to_api(sim, late, table, timeout_s=1)
+                    await equal_to_api(sim, views, timeout_s=1)
                     assert late.stream.gap_count == 0, list(late.stream.gaps)
                     assert not late.stream.unreadable, list(late.stream.unreadable)
                     gone = set(sim.store.removed)  # hard-deleted (the mix brings none back)
