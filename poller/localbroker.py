@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -36,8 +37,9 @@ class TansuBroker:
     """One Tansu process on a fixed loopback port, which can be stopped and started again.
 
     Tansu keeps everything in memory: after `stop()` and `start()` the topics are gone and are
-    recreated on first produce. Its InitProducerId fails, so producers talking to it must run
-    with enable_idempotence=False (production Kafka keeps idempotence on).
+    recreated on first produce. An outage that must keep the data is `pause()` and `resume()`.
+    Its InitProducerId fails, so producers talking to it must run with enable_idempotence=False
+    (production Kafka keeps idempotence on).
     """
 
     def __init__(self, log_dir: Path, port: int | None = None) -> None:
@@ -75,6 +77,21 @@ class TansuBroker:
                 self.stop()
                 raise BrokerError(f"tansu not listening on {self.port} after {START_DEADLINE_S}s")
             time.sleep(0.02)  # polling the port with a deadline, not a blind wait
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP) with its topics and records intact.
+
+        Clients see a broker that hangs: connections stay open, requests go unanswered until
+        they time out, as with a network partition or a broker stuck in a long GC. stop()
+        cannot stand in for that outage, because Tansu forgets every record when it stops.
+        """
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused broker go on (SIGCONT): it answers the requests that waited."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Kill exactly the process we started and wait until the port is closed."""
