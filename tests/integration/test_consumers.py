@@ -30,6 +30,7 @@ from tests.integration.harness import APPKEY, OPENID, Daemon, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "e2e"
+STATE_TOPIC = f"{PREFIX}.tasks.state"
 MIRROR_TABLE = "mirror_tasks"
 DAEMON_ENV = {
     # replay: the first run publishes every task, so the state topic holds them all (a baseline
@@ -291,6 +292,85 @@ class TestLateConsumerAndMirror:
         assert kinds.count("hard_delete") >= 3 and "revert" in kinds and "delete" in kinds
         records = await consume(broker.bootstrap, f"{PREFIX}.tasks", timeout_s=3)
         assert stream_problems(records) == []
+
+
+class TestSnapshot:
+    @pytest.mark.timeout(150)
+    async def test_beside_the_daemon_and_twice_after_it(
+            self, sim: Simulator, broker: TansuBroker, daemon_for: Callable[..., Daemon],
+            pg_url: str, tmp_path: Path) -> None:
+        """After a silent baseline the state topic lacks the unchanged tasks: `snapshot` run
+        beside the churning daemon fills the mirror, which ends equal to the API; run twice
+        after the daemon stopped it publishes identical records, each task at the version the
+        daemon last published, and a ce_id never carries two different values."""
+        with daemon_for(POLLER_START_MODE="baseline") as daemon:
+            await eventually(lambda: first_run_done(daemon), timeout_s=30,
+                             what="the baseline first run")
+            await sim.start_churn(CHURN_PER_S, MIX)
+            async with mirror(broker.bootstrap, pg_url, tmp_path / "mirror.log") as table:
+                await daemon.wait_cycles(3)
+                assert len(await table()) < len(sim.store.tasks)  # only the changed ones
+                code, out = await run_cli(daemon.env, "snapshot")
+                assert code == 0 and "state records published" in out, out
+                await daemon.wait_cycles(3)
+                await sim.stop_churn()
+                await equal_to_api(sim, {"mirror table": table}, timeout_s=60)
+            daemon_env = daemon.env
+        live = len(sim.store.tasks)
+        # Read, not asked for: Tansu's end offsets count a batch of records as one.
+        before = await consume(broker.bootstrap, STATE_TOPIC, timeout_s=3)
+        for _ in range(2):
+            code, out = await run_cli(daemon_env, "snapshot")
+            assert (code, out.strip()) == (0, f"snapshot: {live} state records published to "
+                                              f"{STATE_TOPIC}")
+        records = await consume(broker.bootstrap, STATE_TOPIC, timeout_s=30,
+                                until=lambda rs: len(rs) >= len(before) + 2 * live)
+        first, second = runs(records, already={(r.partition, r.offset) for r in before})
+        assert len(first) == live
+        assert [(r.key, r.value, r.headers) for r in first] == \
+            [(r.key, r.value, r.headers) for r in second]
+        assert state_problems(before, second) == []
+
+
+def runs(records: Iterable[Any], already: set[tuple[int, int]]) -> tuple[list[Any], list[Any]]:
+    """Two runs that published the same number of records to each partition, told apart: in
+    each partition the first half of the records not `already` there, and the second half."""
+    new: defaultdict[int, list[Any]] = defaultdict(list)
+    for record in records:
+        if (record.partition, record.offset) not in already:
+            new[record.partition].append(record)
+    halves = [(rs[:len(rs) // 2], rs[len(rs) // 2:]) for _, rs in sorted(new.items())]
+    return [r for first, _ in halves for r in first], [r for _, second in halves for r in second]
+
+
+def state_problems(before: Iterable[Any], snapshot: Iterable[Any]) -> list[str]:
+    """Where a snapshot's state records disagree with the state topic before it: a ce_id with
+    another value, or a task at another version than the newest published for it."""
+    values: dict[str, bytes | None] = {}
+    newest: dict[str, int] = {}
+    for record in before:
+        head = consumer.envelope(record)
+        values.setdefault(head.ce_id, record.value)
+        if head.sequence is not None:
+            newest[head.key] = max(head.sequence, newest.get(head.key, 0))
+    problems = []
+    for record in snapshot:
+        head = consumer.envelope(record)
+        if values.get(head.ce_id, record.value) != record.value:
+            problems.append(f"{head.ce_id}: another value than the daemon's")
+        if head.key in newest and head.sequence != newest[head.key]:
+            problems.append(f"{head.key} at version {head.sequence}, newest {newest[head.key]}")
+    return problems
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`waiqin-poller ARGS` with `env`: its exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poller", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
 
 
 async def first_run_done(daemon: Daemon) -> bool:
