@@ -12,6 +12,7 @@ import signal
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from poller.localbroker import TansuBroker
 from poller.models import Task
 from poller.simulator import Simulator
 from poller.simulator.churn import ChurnMix
+from poller.simulator.generate import TIME_FORMAT
 from tests.fixtures.broker import BrokerFactory, consume
 from tests.integration.harness import APPKEY, OPENID, Daemon, eventually
 
@@ -330,6 +332,30 @@ class TestSnapshot:
         assert [(r.key, r.value, r.headers) for r in first] == \
             [(r.key, r.value, r.headers) for r in second]
         assert state_problems(before, second) == []
+
+    async def test_a_re_sent_state_record_keeps_the_daemons_value(
+            self, sim: Simulator, broker: TansuBroker, daemon_for: Callable[..., Daemon]) -> None:
+        """The state record snapshot re-publishes for a task's version has the value the daemon
+        published under that ce_id, also after the task's modify_time alone moved (which stores
+        the task again at the same version and publishes nothing)."""
+        task_id = next(t for t, task in sim.store.tasks.items() if task["status"] == 1)
+        with daemon_for(POLLER_START_MODE="baseline") as daemon:
+            await eventually(lambda: first_run_done(daemon), timeout_s=30,
+                             what="the baseline first run")
+            changed = sim.add_feedback(task_id)  # version 1 and its state record
+            await daemon.wait_cycles(2)
+            later = datetime.strptime(changed["modify_time"], TIME_FORMAT) + timedelta(minutes=1)
+            sim.restore(task_id, stamp_at=later.strftime(TIME_FORMAT))  # modify_time alone
+            await daemon.wait_cycles(2)
+            daemon_env = daemon.env
+        code, out = await run_cli(daemon_env, "snapshot", "--task", task_id)
+        assert code == 0, out
+        records = await consume(broker.bootstrap, STATE_TOPIC, timeout_s=10,
+                                until=lambda rs: len(rs) >= 2)
+        assert [consumer.envelope(r).sequence for r in records] == [1, 1]
+        assert len({consumer.envelope(r).ce_id for r in records}) == 1
+        daemons, snapshots = (json.loads(r.value) for r in records)
+        assert {k: (v, snapshots.get(k)) for k, v in daemons.items() if snapshots.get(k) != v} == {}
 
 
 def runs(records: Iterable[Any], already: set[tuple[int, int]]) -> tuple[list[Any], list[Any]]:
