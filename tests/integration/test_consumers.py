@@ -333,11 +333,11 @@ class TestSnapshot:
             [(r.key, r.value, r.headers) for r in second]
         assert state_problems(before, second) == []
 
-    async def test_a_re_sent_state_record_keeps_the_daemons_value(
+    async def test_a_state_id_never_carries_two_values(
             self, sim: Simulator, broker: TansuBroker, daemon_for: Callable[..., Daemon]) -> None:
-        """The state record snapshot re-publishes for a task's version has the value the daemon
-        published under that ce_id, also after the task's modify_time alone moved (which stores
-        the task again at the same version and publishes nothing)."""
+        """After a task's modify_time alone moved (stored again at the same version, nothing
+        published), snapshot's state record for that version carries the task as stored now, so
+        it has another ce_id than the daemon's: one id, one value, always."""
         task_id = next(t for t, task in sim.store.tasks.items() if task["status"] == 1)
         with daemon_for(POLLER_START_MODE="baseline") as daemon:
             await eventually(lambda: first_run_done(daemon), timeout_s=30,
@@ -348,14 +348,18 @@ class TestSnapshot:
             sim.restore(task_id, stamp_at=later.strftime(TIME_FORMAT))  # modify_time alone
             await daemon.wait_cycles(2)
             daemon_env = daemon.env
-        code, out = await run_cli(daemon_env, "snapshot", "--task", task_id)
-        assert code == 0, out
+        for _ in range(2):
+            code, out = await run_cli(daemon_env, "snapshot", "--task", task_id)
+            assert code == 0, out
         records = await consume(broker.bootstrap, STATE_TOPIC, timeout_s=10,
-                                until=lambda rs: len(rs) >= 2)
-        assert [consumer.envelope(r).sequence for r in records] == [1, 1]
-        assert len({consumer.envelope(r).ce_id for r in records}) == 1
-        daemons, snapshots = (json.loads(r.value) for r in records)
-        assert {k: (v, snapshots.get(k)) for k, v in daemons.items() if snapshots.get(k) != v} == {}
+                                until=lambda rs: len(rs) >= 3)
+        assert [consumer.envelope(r).sequence for r in records] == [1, 1, 1]
+        values: dict[str, set[bytes]] = defaultdict(set)
+        for record in records:
+            values[consumer.envelope(record).ce_id].add(record.value)
+        assert len(values) == 2 and all(len(v) == 1 for v in values.values())
+        daemons, first, second = (json.loads(r.value) for r in records)
+        assert first == second and first["modify_time"] > daemons["modify_time"]
 
 
 def runs(records: Iterable[Any], already: set[tuple[int, int]]) -> tuple[list[Any], list[Any]]:
