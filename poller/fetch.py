@@ -24,7 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from poller import metrics
+from poller import metrics, wire
 from poller import window as windows
 from poller.config import WaiqinSettings
 from poller.errors import (
@@ -73,7 +73,8 @@ JSON_CONTENT_TYPE: Final = "application/json;charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One queryTask page: records exactly as decoded from the response, possibly malformed.
+    """One queryTask page: records exactly as decoded from the response, possibly malformed
+    (a `wire.WireRecords` parses each one when it is first read).
 
     `is_last` says the page was shorter than the rows asked for: the scan's end (the API gives
     no total count).
@@ -81,7 +82,7 @@ class Page:
 
     window: Window
     number: int
-    records: list[Any]
+    records: Sequence[Any]
     is_last: bool = False
 
 
@@ -163,12 +164,12 @@ class WaiqinClient:
 
     async def query_task_types(self, type_ids: Sequence[str]) -> list[Any]:
         """Task type records for `type_ids`, exactly as decoded (raw, possibly malformed)."""
-        return await self.call(QUERY_TASK_TYPE, {"type_ids": [str(t) for t in type_ids]})
+        return list(await self.call(QUERY_TASK_TYPE, {"type_ids": [str(t) for t in type_ids]}))
 
     async def _scan(self, window: Window, start_page: int, max_pages: int | None
                     ) -> AsyncGenerator[Page, None]:
         rows = min(self._settings.page_rows, MAX_ROWS)  # Waiqin365 caps rows at 1000
-        previous: list[Any] | None = None
+        previous: Sequence[Any] | None = None
         number = start_page
         last = None if max_pages is None else start_page + max_pages - 1
         # Read one page ahead: the next request runs while the caller publishes and commits
@@ -201,14 +202,14 @@ class WaiqinClient:
             ahead.cancel()
             ahead.add_done_callback(_retrieve)
 
-    def _request_page(self, window: Window, number: int, rows: int) -> asyncio.Task[list[Any]]:
+    def _request_page(self, window: Window, number: int, rows: int) -> asyncio.Task[Sequence[Any]]:
         return asyncio.create_task(self.call(QUERY_TASK, window.body(number, rows)),
                                    name=f"queryTask page {number}")
 
     # --- one logical request, retried ----------------------------------------------------------
 
-    async def call(self, endpoint: str, payload: dict[str, Any]) -> list[Any]:
-        """POST `payload` to `endpoint` and return response_data as a list, retrying transients.
+    async def call(self, endpoint: str, payload: dict[str, Any]) -> Sequence[Any]:
+        """POST `payload` to `endpoint` and return response_data's records, retrying transients.
 
         The body is serialised once; every attempt signs it afresh (new timestamp, digest and
         msg_id). Raises the last SourceError once retries are exhausted or the error is fatal.
@@ -235,7 +236,7 @@ class WaiqinClient:
             delay = max(delay, min(exc.retry_after_s, RETRY_AFTER_MAX_S))
         return delay
 
-    async def _attempt(self, endpoint: str, body: bytes) -> list[Any]:
+    async def _attempt(self, endpoint: str, body: bytes) -> Sequence[Any]:
         session = self._session
         if session is None:
             raise RuntimeError("WaiqinClient.start() was not called")  # a bug, not a condition
@@ -312,12 +313,14 @@ def _too_large(endpoint: str, limit: int, detail: str) -> SourceResponseError:
         status=200)
 
 
-def _task_ids(records: list[Any]) -> list[Any]:
+def _task_ids(records: Sequence[Any]) -> list[Any]:
     # The only per-record work in the client: enough to spot a server that ignores `page`.
+    if isinstance(records, wire.WireRecords):
+        return records.raw_ids
     return [r.get("task_id") if isinstance(r, dict) else r for r in records]
 
 
-def _decode(endpoint: str, status: int, headers: Any, raw: bytes) -> list[Any]:
+def _decode(endpoint: str, status: int, headers: Any, raw: bytes) -> Sequence[Any]:
     """Map one HTTP response to response_data, or raise the matching SourceError."""
     if status in (401, 403):
         raise SourceAuthError(f"{endpoint} refused with HTTP {status}: {AUTH_CAUSES}",
@@ -345,11 +348,14 @@ def _decode(endpoint: str, status: int, headers: Any, raw: bytes) -> list[Any]:
     return _response_data(endpoint, envelope.get("response_data"))
 
 
-def _response_data(endpoint: str, data: Any) -> list[Any]:
+def _response_data(endpoint: str, data: Any) -> Sequence[Any]:
     # Waiqin365 quirk: response_data is sometimes a JSON array, sometimes a string holding one.
     if isinstance(data, str):
         if not data.strip():
             return []
+        records = wire.split(endpoint, data) if endpoint == QUERY_TASK else None
+        if records is not None:
+            return records
         try:
             data = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

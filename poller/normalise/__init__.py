@@ -24,7 +24,7 @@ import orjson
 from poller.errors import NormaliseError
 from poller.models import NormalisedTask, Task, TypeSnapshot
 from poller.normalise import digest, fast, lenient, rules, times
-from poller.normalise.digest import content_hash, received_hash
+from poller.normalise.digest import content_hash, received_hash, rendering_hash
 from poller.normalise.fields import TASK, TASK_TYPE
 from poller.normalise.rules import NORMALISATION_VERSION, feedback_key
 
@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint",
     "general_document",
     "received_hash",
+    "rendering_hash",
     "task",
     "task_id_of",
     "task_type",

@@ -6,6 +6,7 @@ from typing import Any, Final
 
 import orjson
 import xxhash
+from typing_extensions import Buffer
 
 from poller.normalise.rules import DUMP_OPTS, NORMALISATION_VERSION, decimal
 
@@ -19,15 +20,22 @@ def content_hash(document: bytes) -> str:
 
 
 def received_hash(raw: object) -> int:
-    """A 64-bit hash of a record exactly as received (key order included), as a signed integer.
+    """The rendering hash of a parsed record: of its JSON bytes, key order included.
 
-    Seeded with the normalisation version, so a rules change makes every record look new.
     Never raises: a value orjson refuses is hashed through `json_bytes`.
     """
     try:
         body = orjson.dumps(raw)
     except TypeError:  # deeper than 255 levels, beyond 64 bits, a lone surrogate
         body = json_bytes(raw, sort_keys=False)
+    return rendering_hash(body)
+
+
+def rendering_hash(body: Buffer) -> int:
+    """A 64-bit hash of a record's JSON bytes exactly as received, as a signed integer.
+
+    Seeded with the normalisation version, so a rules change makes every record look new.
+    """
     unsigned = xxhash.xxh3_64_intdigest(body, seed=NORMALISATION_VERSION)
     # Signed, so it fits SQLite INTEGER and PostgreSQL BIGINT.
     return unsigned - (_SIGN_BIT << 1) if unsigned & _SIGN_BIT else unsigned
