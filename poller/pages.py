@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -168,7 +169,8 @@ class PageReader:
                             lease: Leadership) -> plan.PageCounts:
         received = plan.receive(page.records)
         stored = await self._store.read_hashes(received.readable_ids)
-        observed = plan.observe(received, stored)
+        # A fresh sample per page: which re-rendered tasks write their rendering back (plan).
+        observed = plan.observe(received, stored, sample=random.getrandbits(64))
         known = await self._known(observed, lease)
         page_plan = plan.plan_page(observed, known, received=received, seen_in_scan=seen,
                                    ctx=context, now=self._clock())
