@@ -11,7 +11,8 @@ Canonical form (the rules in `rules.py`, the fields in `fields.py`):
 
 `task()` runs for every record whose rendering the store has not seen (`received_hash`), so it
 keeps no cache: the fast path (`fast.py`) handles the API's usual shape in plain dict and string
-work, the general rules decide the rest, and pydantic is only paid in `to_task()`.
+work, the general rules decide the rest, and pydantic is only paid in `to_task()`. A record
+still in bytes takes `encoded_task()` first: the same usual shape, decoded and encoded in C.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from typing_extensions import Buffer
 
 from poller.errors import NormaliseError
 from poller.models import NormalisedTask, Task, TypeSnapshot
-from poller.normalise import digest, fast, lenient, rules, times
+from poller.normalise import compiled, digest, fast, lenient, rules, times
 from poller.normalise.digest import content_hash, received_hash, rendering_hash
 from poller.normalise.fields import TASK, TASK_TYPE
 from poller.normalise.rules import NORMALISATION_VERSION, feedback_key
@@ -31,6 +33,7 @@ from poller.normalise.rules import NORMALISATION_VERSION, feedback_key
 __all__ = [
     "NORMALISATION_VERSION",
     "content_hash",
+    "encoded_task",
     "feedback_key",
     "fingerprint",
     "general_document",
@@ -72,6 +75,17 @@ def task(raw: object) -> NormalisedTask:
         doc.get("task_type_id"),
         times.to_datetime(modify) if modify is not None else None,
     )
+
+
+def encoded_task(body: Buffer) -> NormalisedTask | None:
+    """Normalise one queryTask record from its JSON bytes, when it has the API's usual shape
+    (`compiled.py`); None otherwise: then `task` of the parsed record decides."""
+    result = compiled.document(body)
+    if result is None:
+        return None
+    document, task_id, type_id, modify = result
+    return _normalised(task_id, document, content_hash(document), type_id,
+                       times.to_datetime(modify) if modify is not None else None)
 
 
 def general_document(raw: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ Member = Callable[[Any], "dict[str, Any] | None"]
 # Quirk: codes drift between numbers and numeric strings ("task_status": 1 vs "1"); the codes in
 # use are small, so one lookup converts both renderings. (bool is excluded by the caller:
 # True == 1 in a dict.)
-_CODES: Final[dict[object, int]] = {**{n: n for n in range(100)}, **{str(n): n for n in range(100)}}
+CODES: Final[dict[object, int]] = {**{n: n for n in range(100)}, **{str(n): n for n in range(100)}}
 
 
 def _member_reader(table: Table) -> Member:
@@ -138,7 +138,7 @@ def _codes(doc: dict[str, Any]) -> int:
         if value is None:
             continue
         kind = type(value)
-        number = _CODES.get(value) if kind is int or kind is str else None
+        number = CODES.get(value) if kind is int or kind is str else None
         if number is None:
             if value != "":
                 return -1
