@@ -43,7 +43,7 @@ NO_WINDOW = Window()
 # Bit 0 of a stored rendering hash: set when the rendering was stored after a rendering-only
 # change and has not been received again since (see `_write_back`).
 UNCONFIRMED = 1
-RESAMPLE = 16
+RESAMPLE = 64
 
 # modify_time has minute precision: a change stamped in the minute a scan started may be missed
 # by it without any skip having happened.
@@ -186,7 +186,8 @@ def observe(received: Received, stored: Mapping[str, StoredHashes], *, sample: i
     rejects: list[Reject] = []
     renderings: dict[str, int] = {}
     unchanged = 0
-    records = received.records
+    records: Any = received.records
+    wire = isinstance(records, WireRecords)
     lookup: Any = stored.get  # a task_id of None is simply not found
     for index, (task_id, rendering) in enumerate(zip(received.task_ids, received.hashes, strict=True)):
         known: StoredHashes | None = lookup(task_id)
@@ -195,17 +196,15 @@ def observe(received: Received, stored: Mapping[str, StoredHashes], *, sample: i
             if last is not None and last | UNCONFIRMED == rendering | UNCONFIRMED and not known.vanished:
                 if tasks or renderings:  # on one page the last readable rendering wins
                     _forget(task_id, tasks, renderings)
-                if last & UNCONFIRMED and task_id is not None:  # seen twice now: the API renders this task this way
+                if last & UNCONFIRMED and task_id is not None:  # seen twice: the API's rendering
                     renderings[task_id] = last & ~UNCONFIRMED
                 unchanged += 1
                 continue
             if known.vanished:
                 known = None  # back after it vanished: observed in full, so it is restored
-        raw = records[index]
-        try:
-            task = normalise.task(raw)
-        except Exception as exc:  # one record never stops the page
-            rejects.append(_reject(raw, task_id, exc))
+        task = _normalise(records, index, task_id, wire)
+        if isinstance(task, Reject):
+            rejects.append(task)
             continue
         _forget(task.task_id, tasks, renderings)
         if known is not None and known.hash == task.hash:
@@ -213,8 +212,21 @@ def observe(received: Received, stored: Mapping[str, StoredHashes], *, sample: i
             if _write_back(known.received, rendering, sample):
                 renderings[task.task_id] = rendering | UNCONFIRMED
         else:
-            tasks[task.task_id] = Seen(task, rendering & ~UNCONFIRMED, raw)
+            tasks[task.task_id] = Seen(task, rendering & ~UNCONFIRMED, records[index])
     return Observed(tasks, rejects, list(renderings.items()), unchanged)
+
+
+def _normalise(records: Any, index: int, task_id: str | None, wire: bool) -> NormalisedTask | Reject:
+    """Record `index` normalised, or why it cannot be; records still in bytes take the compiled
+    fast path first, which reads the usual shape without parsing it."""
+    task = normalise.encoded_task(records.span(index)) if wire else None
+    if task is not None:
+        return task
+    raw = records[index]
+    try:
+        return normalise.task(raw)
+    except Exception as exc:  # one record never stops the page
+        return _reject(raw, task_id, exc)
 
 
 def _write_back(last: int | None, rendering: int, sample: int) -> bool:

@@ -55,6 +55,10 @@ class WireRecords(Sequence[Any]):
             for index, task_id in enumerate(raw_ids)
         ]
 
+    def span(self, index: int) -> msgspec.Raw:
+        """The JSON bytes of record `index`, exactly as received."""
+        return self._spans[index]
+
     def __len__(self) -> int:
         return len(self._spans)
 
