@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import subprocess
 import sys
 import time
 import tracemalloc
 import types
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,58 @@ PAGE_SIZE = 1000
 NOW = datetime(2024, 5, 20, 10, 0, tzinfo=BEIJING)
 OBSERVED_AT = NOW
 FLOOR, LOADS, TASK_NOW = "floor (loads + sorted dump + xxh3_128)", "loads alone", "task, now"
+
+
+NAMES = ["lm", "张三", "李四", "王五", "赵六", "孙七", "周八", "吴九"]
+CONTENT = [
+    "门店巡检：检查陈列与价签", "客户回访，确认上月订单到货情况", "新品铺货任务",
+    "收集竞品价格信息", "协助客户完成年度对账", "拜访并拍照上传门头照片",
+]
+
+
+def api_time(base: datetime, minutes: int) -> str:
+    return (base + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M")
+
+
+def record(i: int, rng: random.Random, *, changed: bool = False) -> dict[str, Any]:
+    """One realistic queryTask item (the vendor's shape, with the usual type drift), made one
+    at a time: memscan.py and run.py need records without holding a whole window in memory."""
+    day = datetime(2024, 5, 20, 8, 0)
+    feedback = [
+        {"feedback_content": f"第{n + 1}次反馈：{rng.choice(CONTENT)}",
+         "feedback_visit_id": str(6881395042783735132 + i * 10 + n),
+         "feedback_time": api_time(day, i % 300 + n * 7)}
+        for n in range(i % 4)
+    ]
+    status = i % 4
+    if changed:
+        feedback.append({"feedback_content": "补充反馈", "feedback_visit_id": str(9 * 10**17 + i),
+                         "feedback_time": api_time(day, 400)})
+        status = (status + 1) % 4
+    receivers = [
+        {"name": NAMES[(i + n) % len(NAMES)], "id": str(4622857986008792650 + (i + n) % 50)}
+        for n in range(1 + i % 3)
+    ]
+    return {
+        "status": 1 if i % 10 else "1",
+        "task_status": str(status),
+        "create_time": api_time(datetime(2024, 5, 1, 9, 0), i),
+        "execute_demand": str(i % 3),
+        "feedback_deadline": api_time(datetime(2024, 6, 1, 18, 0), (i % 30) * 60),
+        "modify_time": api_time(day, i % 600 + (1 if changed else 0)),
+        "latest_feedback_content": feedback[-1]["feedback_content"] if feedback else "",
+        "task_id": str(7000000000000000000 + i),
+        "task_source_name": f"任务来源{i % 5}",
+        "task_source_id": str(10001 + i % 5),
+        "visit_implement_id": str(20001 + i),
+        "latest_feedback_time": feedback[-1]["feedback_time"] if feedback else "",
+        "task_type_id": str(10001 + i % 8),
+        "receivers": receivers,
+        "creator": {"name": NAMES[i % len(NAMES)], "id": str(4622857986008792650 + i % 20)},
+        "task_content": rng.choice(CONTENT) + ("（已更新）" if changed else ""),
+        "customer_id": str(7269195022934925565 + i % 200),
+        "feedback_detail": feedback,
+    }
 
 
 def responses(tasks: int, days: int) -> tuple[list[bytes], list[bytes]]:
