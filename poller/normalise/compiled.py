@@ -31,7 +31,7 @@ def _member_type(table: Table, name: str) -> type[msgspec.Struct]:
     if any(spec.kind not in (Kind.TEXT, Kind.TIME) for spec in table.fields.values()):
         raise ValueError("the compiled path reads objects of TEXT and TIME fields only")
     return msgspec.defstruct(name, [(field, _NON_EMPTY) for field in sorted(table.fields)],
-                             forbid_unknown_fields=True)
+                             forbid_unknown_fields=True, gc=False)
 
 
 def _field_type(name: str, kind: Kind, table: Table | None) -> Any:
@@ -48,7 +48,8 @@ _TASK: Final = msgspec.defstruct(
     # Sorted: the encoder writes fields in this order, which is the canonical key order.
     [(name, _field_type(name, spec.kind, spec.table), ABSENT)
      for name, spec in sorted(TASK.fields.items())],
-    forbid_unknown_fields=True, omit_defaults=True,
+    # gc=False: decoded values hold no cycles, and untracked objects spare the collector.
+    forbid_unknown_fields=True, omit_defaults=True, gc=False,
 )
 _DECODE: Final = msgspec.json.Decoder(_TASK).decode
 _ENCODE: Final = msgspec.json.Encoder().encode
@@ -103,9 +104,11 @@ def document(body: Any) -> tuple[bytes, str, str | None, str | None] | None:
     return _ENCODE(task), task.task_id, type_id or None, modify or None
 
 
+_TIME_VALUES: Final = operator.attrgetter(*_TIME_KEYS)
+
+
 def _times(task: Any) -> bool:
-    for name in _TIME_KEYS:
-        value = getattr(task, name)
+    for name, value in zip(_TIME_KEYS, _TIME_VALUES(task), strict=True):
         if value:
             minute = api_minute(value)
             if minute is None:
@@ -128,8 +131,11 @@ def _codes(task: Any) -> bool:
 
 def _objects(task: Any) -> bool:
     # An object's members were checked by its type; a non-empty string instead is not usual.
-    return all(getattr(task, name) == ABSENT or type(getattr(task, name)) is not str
-               for name in _OBJECT_KEYS)
+    for name in _OBJECT_KEYS:
+        value = getattr(task, name)
+        if type(value) is str and value:
+            return False
+    return True
 
 
 def _sets(task: Any) -> bool:
