@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -115,9 +115,12 @@ class Snapshot:
     vanished: bool = False  # confirmed gone from the API; kept as a tombstone
 
 
-@dataclass(frozen=True, slots=True)
-class StoredHashes:
-    """The fast path's view of a stored task: its content hash and its last rendering's hash."""
+class StoredHashes(NamedTuple):
+    """The fast path's view of a stored task: its content hash and its last rendering's hash.
+
+    A named tuple: one is made per task of every page read, and a tuple is made in a third of
+    a frozen dataclass's time.
+    """
 
     hash: str
     received: int | None

@@ -190,6 +190,20 @@ def _snapshot(row: tuple[Any, ...]) -> Snapshot:
                     _date(created), bool(vanished))
 
 
+def _snapshots(rows: list[tuple[Any, ...]]) -> dict[str, Snapshot]:
+    return {row[0]: _snapshot(row) for row in rows}
+
+
+def _stored_hashes(rows: list[tuple[Any, ...]]) -> dict[str, StoredHashes]:
+    # This runs for every task of every page: tuple.__new__ skips the named tuple's Python-level
+    # __new__ (same result, half the time).
+    return {task_id: _new_tuple(StoredHashes, (hash_, received, vanished != 0))
+            for task_id, hash_, received, vanished in rows}
+
+
+_new_tuple = tuple.__new__
+
+
 def _date(value: str | None) -> date | None:
     return None if value is None else date.fromisoformat(value)
 
@@ -292,15 +306,14 @@ class SqliteStore:
         # INDEXED BY: the planner would pick the primary key, i.e. the table with every
         # document; the narrow index stays in the page cache however large the store grows.
         return await self._select_by_id(task_ids, "task_id, hash, received, vanished",
-                                        "INDEXED BY tasks_fast_path",
-                                        lambda row: StoredHashes(row[1], row[2], bool(row[3])))
+                                        "INDEXED BY tasks_fast_path", _stored_hashes)
 
     async def read_snapshots(self, task_ids: Collection[str]) -> dict[str, Snapshot]:
         """The stored snapshots of these tasks, read in one transaction (chunked IN-lists)."""
-        return await self._select_by_id(task_ids, _TASK_COLUMNS, "", _snapshot)
+        return await self._select_by_id(task_ids, _TASK_COLUMNS, "", _snapshots)
 
     async def _select_by_id(self, task_ids: Collection[str], columns: str, index: str,
-                            convert: Callable[[Any], T]) -> dict[str, T]:
+                            convert: Callable[[list[Any]], dict[str, T]]) -> dict[str, T]:
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
@@ -313,7 +326,7 @@ class SqliteStore:
                         f"SELECT {columns} FROM tasks {index} WHERE task_id IN ({_placeholders(len(part))})",
                         part,
                     )
-                    found.update((row[0], convert(row)) for row in rows)
+                    found.update(convert(rows.fetchall()))
             return found
 
         return await self._run(select)
