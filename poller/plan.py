@@ -178,8 +178,8 @@ def observe(received: Received, stored: Mapping[str, StoredHashes], *, sample: i
     A rendering identical to the one last received for that task is unchanged without being
     normalised (nor, when it arrived as bytes, parsed): that is the whole cost of an unchanged
     task. Which new renderings of unchanged tasks are written back is `_write_back`'s decision;
-    `sample` (any number, a new one per cycle) picks the few that are written back from an API
-    that re-renders every response. Nothing a record holds raises; a record that arrived as
+    `sample` (any number, drawn afresh per page) picks the pages that write back what an API
+    re-rendering every response sends. Nothing a record holds raises; a record that arrived as
     bytes and is not JSON raises the SourceResponseError a whole-page parse would have raised.
     """
     tasks: dict[str, Seen] = {}
@@ -209,7 +209,7 @@ def observe(received: Received, stored: Mapping[str, StoredHashes], *, sample: i
         _forget(task.task_id, tasks, renderings)
         if known is not None and known.hash == task.hash:
             unchanged += 1
-            if _write_back(known.received, rendering, sample):
+            if _write_back(known.received, sample):
                 renderings[task.task_id] = rendering | UNCONFIRMED
         else:
             tasks[task.task_id] = Seen(task, rendering & ~UNCONFIRMED, records[index])
@@ -229,19 +229,19 @@ def _normalise(records: Any, index: int, task_id: str | None, wire: bool) -> Nor
         return _reject(raw, task_id, exc)
 
 
-def _write_back(last: int | None, rendering: int, sample: int) -> bool:
+def _write_back(last: int | None, sample: int) -> bool:
     """Whether a new rendering of an unchanged task is stored, to be recognised next time.
 
-    A write costs far more than normalising (an index entry and the task's row, ~40 µs on
-    SQLite against ~20 µs), so it is made when it is likely to pay: after a rendering that was
-    confirmed (an API release renders every task anew, once), but only for one task in
-    RESAMPLE when the last rendering was itself new and already gone (the API re-renders
-    every response: no rendering will come again). That one in RESAMPLE, picked by `sample`
-    afresh each cycle, lets a task converge once such an API settles.
+    A write costs more than normalising the record again (the task's row and an index entry,
+    ~40 µs on SQLite, and a transaction for the page), so it is made when it is likely to pay:
+    after a rendering that was confirmed (an API release renders every task anew, once), but
+    when the last rendering was itself new and already gone (the API re-renders every response:
+    no rendering comes again) only on one page in RESAMPLE, which `sample` (drawn per page)
+    picks. That lets a task converge once such an API settles.
     """
     if last is None or not last & UNCONFIRMED:
         return True
-    return (rendering ^ sample) % RESAMPLE == 0
+    return sample % RESAMPLE == 0
 
 
 def _forget(task_id: str | None, tasks: dict[str, Seen], renderings: dict[str, int]) -> None:
