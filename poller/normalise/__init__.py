@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from typing_extensions import Buffer
+from msgspec import Raw
 
 from poller.errors import NormaliseError
 from poller.models import NormalisedTask, Task, TypeSnapshot
@@ -77,7 +77,7 @@ def task(raw: object) -> NormalisedTask:
     )
 
 
-def encoded_task(body: Buffer) -> NormalisedTask | None:
+def encoded_task(body: bytes | Raw) -> NormalisedTask | None:
     """Normalise one queryTask record from its JSON bytes, when it has the API's usual shape
     (`compiled.py`); None otherwise: then `task` of the parsed record decides."""
     result = compiled.document(body)

@@ -6,7 +6,7 @@ from typing import Any, Final
 
 import orjson
 import xxhash
-from typing_extensions import Buffer
+from msgspec import Raw
 
 from poller.normalise.rules import DUMP_OPTS, NORMALISATION_VERSION, decimal
 
@@ -31,7 +31,7 @@ def received_hash(raw: object) -> int:
     return rendering_hash(body)
 
 
-def rendering_hash(body: Buffer) -> int:
+def rendering_hash(body: bytes | Raw) -> int:
     """A 64-bit hash of a record's JSON bytes exactly as received, as a signed integer.
 
     Seeded with the normalisation version, so a rules change makes every record look new.
