@@ -12,7 +12,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller import diff, events, fetch, normalise
+from poller import diff, events, fetch, normalise, wire
 from poller.config import PollSettings, Settings
 from poller.errors import ConfigError, NormaliseError, SourceError
 from poller.fetch import Page
@@ -103,13 +103,15 @@ class TestResponseFuzz:
                      st.builds(lambda d: orjson.dumps({"return_code": 0, "response_data": d}),
                                json_values.map(lambda v: orjson.dumps(v).decode()))))
     def test_any_body_is_data_or_a_source_error(self, body: bytes) -> None:
-        """Invalid UTF-8, wrong JSON shapes and odd envelopes decode to a list or a SourceError."""
+        """Invalid UTF-8, wrong JSON shapes and odd envelopes decode to records or a SourceError
+        (records split into their bytes raise it when one is read that is not JSON)."""
         try:
             data = fetch._decode("queryTask", 200, {}, body)
+            assert isinstance(data, list | wire.WireRecords)
+            records = list(data)
         except SourceError:
             return
-        assert isinstance(data, list)
-        for raw in data:
+        for raw in records:
             check_record(raw)
 
 
